@@ -1,0 +1,140 @@
+"""Gaussian affinity max-margin loss (Hayat et al. 2019)."""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from cfal.heads import base
+
+
+class Affinity(base.Head):
+  """Max-margin loss on Gaussian affinities to one or more class centers.
+
+  Hayat et al., "Gaussian Affinity for Max-margin Class Imbalanced
+  Learning", ICCV 2019. With prototypes `w_jk` (k = 1..m centers per class):
+
+    d_ij  = max_k exp(-||x_i - w_jk||^2 / sigma)           (in (0, 1])
+    L_mm  = sum_{j != y_i} max(0, lambda + d_ij - d_{i,y_i})
+    R_w   = variance of ||w_a - w_b||^2 over all pairs a < b of the
+            M = C * m prototypes
+    loss_i = L_mm_i + spread_weight * R_w
+
+  `__call__` returns `d` `[N, C]` and `predict` its argmax.
+
+  Cost. Distances come from one matmul, `||x||^2 - 2 x.w + ||w||^2`, with
+  both sides shifted by the mean prototype first (distances do not change,
+  the float32 cancellation does) and clamped at 0: memory `[N, C*m]`, not the
+  `[N, C, m, D]` of the direct form. `R_w` uses the exact expansion of the
+  sums of `d_ab` and `d_ab^2` over pairs into prototype norms and a Gram
+  matrix, in float64 on centred prototypes: O(M * min(M, D) * D) time and
+  O(min(M, D)^2) memory, never the `[M, M, D]` tensor.
+
+  Args:
+    num_classes: number of classes C.
+    embedding_dim: embedding size D.
+    num_centers: centers per class m (default 1). `prototypes` is `[C, D]`
+      for m = 1 and `[C, m, D]` otherwise.
+    sigma: Gaussian bandwidth, > 0 (default 130 as in the CFAL code).
+    margin: the margin lambda, >= 0 (default 0.75).
+    spread_weight: weight of `R_w`, >= 0 (default 1, as the authors).
+    seed: makes the initial prototypes reproducible.
+    name: module name.
+  """
+
+  embedding_metric = "euclidean"
+
+  def __init__(self, *, num_classes: int, embedding_dim: int,
+               num_centers: int = 1, sigma: float = 130.0,
+               margin: float = 0.75, spread_weight: float = 1.0,
+               seed: int | None = None, name: str | None = None):
+    super().__init__(num_classes=num_classes, embedding_dim=embedding_dim,
+                     name=name)
+    base._check_int("num_centers", num_centers, minimum=1)
+    self.num_centers = int(num_centers)
+    self.sigma = base.check_range("sigma", sigma, low=0.0, low_open=True)
+    self.margin = base.check_range("margin", margin, low=0.0)
+    self.spread_weight = base.check_range("spread_weight", spread_weight,
+                                          low=0.0)
+    shape = [self.num_classes, self.embedding_dim]
+    if self.num_centers > 1:
+      shape.insert(1, self.num_centers)
+    # He-normal with fan_in = C*m, as Keras computes it for the authors'
+    # [C, m, D] weight.
+    stddev = math.sqrt(2.0 / (self.num_classes * self.num_centers))
+    with self.name_scope:
+      self.prototypes = tf.Variable(base.initial_value(shape, stddev, seed),
+                                    name="prototypes")
+
+  @property
+  def num_prototypes(self) -> int:
+    return self.num_classes * self.num_centers
+
+  def _flat_prototypes(self) -> tf.Tensor:
+    return tf.reshape(self.prototypes, [self.num_prototypes,
+                                        self.embedding_dim])
+
+  def squared_distances(self, embeddings: tf.Tensor) -> tf.Tensor:
+    """`[N, C]` squared distance to the nearest center of each class."""
+    x = base.as_float32(embeddings)
+    w = self._flat_prototypes()
+    # Distances are translation-invariant: the shift changes no value and
+    # has no gradient, it only keeps the expansion below well conditioned.
+    shift = tf.stop_gradient(tf.reduce_mean(w, axis=0))
+    x, w = x - shift, w - shift
+    sq = (tf.reduce_sum(tf.square(x), axis=-1, keepdims=True)
+          - 2.0 * tf.matmul(x, w, transpose_b=True)
+          + tf.reduce_sum(tf.square(w), axis=-1)[None, :])
+    sq = tf.maximum(sq, 0.0)
+    if self.num_centers > 1:
+      sq = tf.reduce_min(
+          tf.reshape(sq, [-1, self.num_classes, self.num_centers]), axis=-1)
+    return sq
+
+  def __call__(self, embeddings, labels=None, training=False):
+    del labels, training  # The margin lives in the loss, not the scores.
+    # max_k exp(-s_k / sigma) == exp(-min_k s_k / sigma).
+    return tf.exp(-self.squared_distances(embeddings) / self.sigma)
+
+  def spread(self) -> tf.Tensor:
+    """The prototype-spread regulariser `R_w` (a float32 scalar)."""
+    m = self.num_prototypes
+    w = tf.cast(self._flat_prototypes(), tf.float64)
+    w -= tf.reduce_mean(w, axis=0)             # centred: sum_a w_a = 0
+    norms = tf.reduce_sum(tf.square(w), axis=-1)
+    # ||W^T W||_F = ||W W^T||_F: take the smaller of the two Gram matrices.
+    if self.embedding_dim <= m:
+      gram = tf.matmul(w, w, transpose_a=True)
+    else:
+      gram = tf.matmul(w, w, transpose_b=True)
+    pairs = m * (m - 1) / 2.0
+    total = tf.reduce_sum(norms)
+    # With centred w, over pairs a < b of d_ab = n_a + n_b - 2 w_a.w_b:
+    #   sum d_ab   = M sum_a n_a
+    #   sum d_ab^2 = M sum_a n_a^2 + (sum_a n_a)^2 + 2 ||W^T W||_F^2
+    sum_d = m * total
+    sum_d2 = (m * tf.reduce_sum(tf.square(norms)) + tf.square(total)
+              + 2.0 * tf.reduce_sum(tf.square(gram)))
+    mean = sum_d / pairs
+    variance = tf.maximum(sum_d2 / pairs - tf.square(mean), 0.0)
+    return tf.cast(variance, tf.float32)
+
+  def _terms(self, embeddings, labels) -> tuple[tf.Tensor, tf.Tensor]:
+    """Returns `d_{i,y_i}` `[N]` and `L_mm + spread_weight * R_w` `[N]`."""
+    d = self(embeddings)
+    onehot = base.one_hot(labels, self.num_classes)
+    d_target = tf.reduce_sum(d * onehot, axis=-1)
+    hinge = tf.nn.relu(self.margin + d - d_target[:, None]) * (1.0 - onehot)
+    loss = tf.reduce_sum(hinge, axis=-1)
+    if self.spread_weight > 0:
+      loss += self.spread_weight * self.spread()
+    return d_target, loss
+
+  def loss(self, embeddings, labels):
+    return self._terms(embeddings, labels)[1]
+
+  def config(self):
+    return {**super().config(), "num_centers": self.num_centers,
+            "sigma": self.sigma, "margin": self.margin,
+            "spread_weight": self.spread_weight}

@@ -1,0 +1,118 @@
+"""Additive and multiplicative angular margins on normalised logits."""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from cfal.heads import base
+
+
+class CombinedMargin(base.Head):
+  """Normalised softmax with the combined angular margin (m1, m2, m3).
+
+  Embeddings and prototypes are L2-normalised, `cos_ij = x_i . w_j` and
+  `theta = arccos(cos_{i,y_i})`. Non-target logits are `s * cos_ij`; the
+  target logit is `s * psi(theta)` with
+
+    psi(theta) = cos(m1 * theta + m2) - m3
+
+  (Deng et al., "ArcFace", CVPR 2019, section 3.3). SphereFace is (m, 0, 0),
+  ArcFace (1, m, 0) and CosFace (1, 0, m). Where the margin angle passes pi,
+  `cos` would stop decreasing in theta and the margin would reward moving
+  away from the class. There psi is replaced by a decreasing continuation:
+
+  * m1 == 1 (ArcFace family): `cos(theta) - m2 * sin(m2) - m3` when
+    `theta + m2 > pi`, the fallback of the insightface implementation.
+  * m1 > 1 (SphereFace family): `(-1)^k cos(u) - 2k - m3` with
+    `u = m1 * theta + m2`, `k = floor(u / pi)` (Liu et al., "SphereFace",
+    CVPR 2017), which equals `cos(u) - m3` for `u <= pi`.
+
+  `loss` is the cross-entropy of the margin logits. `__call__` returns plain
+  `s * cos` unless called with labels and `training=True`. Square roots and
+  arccos are guarded so that cos = +-1 and zero embeddings give finite
+  gradients.
+
+  Args:
+    num_classes: number of classes C.
+    embedding_dim: embedding size D.
+    m1: multiplicative angular margin, >= 1.
+    m2: additive angular margin in radians, in [0, pi).
+    m3: additive cosine margin, >= 0.
+    scale: the logit scale s, > 0 (default 64 as in ArcFace).
+    seed: makes the initial prototypes reproducible.
+    name: module name.
+  """
+
+  embedding_metric = "cosine"
+
+  def __init__(self, *, num_classes: int, embedding_dim: int,
+               m1: float = 1.0, m2: float = 0.0, m3: float = 0.0,
+               scale: float = 64.0, seed: int | None = None,
+               name: str | None = None):
+    super().__init__(num_classes=num_classes, embedding_dim=embedding_dim,
+                     name=name)
+    self.m1 = base.check_range("m1", m1, low=1.0)
+    self.m2 = base.check_range("m2", m2, low=0.0, high=math.pi,
+                               high_open=True)
+    self.m3 = base.check_range("m3", m3, low=0.0)
+    self.scale = base.check_range("scale", scale, low=0.0, low_open=True)
+    with self.name_scope:
+      # insightface initialises with N(0, 0.01); only directions matter.
+      self.prototypes = tf.Variable(
+          base.initial_value([self.num_classes, self.embedding_dim], 0.01,
+                             seed), name="prototypes")
+
+  def cosine(self, embeddings: tf.Tensor) -> tf.Tensor:
+    """`[N, C]` cosines between embeddings and prototypes (0 for zero x)."""
+    x = tf.math.l2_normalize(base.as_float32(embeddings), axis=-1)
+    w = tf.math.l2_normalize(self.prototypes, axis=-1)
+    return tf.clip_by_value(tf.matmul(x, w, transpose_b=True), -1.0, 1.0)
+
+  def target_logit(self, cos_y: tf.Tensor) -> tf.Tensor:
+    """psi(theta) for the target cosines `cos_y` (without the scale)."""
+    if self.m1 == 1.0:
+      if self.m2 == 0.0:
+        return cos_y - self.m3
+      # cos(theta + m2) by the angle-sum rule: no arccos needed.
+      cos_m, sin_m = math.cos(self.m2), math.sin(self.m2)
+      shifted = cos_y * cos_m - _safe_sin_from_cos(cos_y) * sin_m
+      fallback = cos_y - self.m2 * sin_m
+      # theta + m2 <= pi  <=>  cos_y >= cos(pi - m2) = -cos(m2).
+      return tf.where(cos_y >= -cos_m, shifted, fallback) - self.m3
+    u = self.m1 * _safe_arccos(cos_y) + self.m2
+    k = tf.floor(u / math.pi)
+    sign = 1.0 - 2.0 * tf.math.floormod(k, 2.0)
+    return sign * tf.cos(u) - 2.0 * k - self.m3
+
+  def __call__(self, embeddings, labels=None, training=False):
+    cos = self.cosine(embeddings)
+    if labels is None or not training:
+      return self.scale * cos
+    is_target = base.one_hot(labels, self.num_classes) > 0
+    cos_y = tf.reduce_sum(tf.where(is_target, cos, 0.0), axis=-1)
+    psi = self.target_logit(cos_y)
+    return self.scale * tf.where(is_target, psi[:, None], cos)
+
+  def loss(self, embeddings, labels):
+    logits = self(embeddings, labels, training=True)
+    return base.sparse_softmax_cross_entropy(logits, labels)
+
+  def config(self):
+    return {**super().config(), "m1": self.m1, "m2": self.m2, "m3": self.m3,
+            "scale": self.scale}
+
+
+def _safe_sin_from_cos(cos: tf.Tensor) -> tf.Tensor:
+  """sqrt(1 - cos^2) with a zero (not infinite) gradient at cos = +-1."""
+  sin_sq = 1.0 - tf.square(cos)
+  inside = sin_sq > 0.0
+  return tf.where(inside, tf.sqrt(tf.where(inside, sin_sq, 1.0)), 0.0)
+
+
+def _safe_arccos(cos: tf.Tensor) -> tf.Tensor:
+  """arccos with a zero (not infinite) gradient at cos = +-1."""
+  inside = tf.abs(cos) < 1.0
+  theta = tf.acos(tf.where(inside, cos, 0.0))
+  return tf.where(inside, theta, tf.where(cos > 0.0, 0.0, math.pi))
