@@ -1,0 +1,32 @@
+"""Test-wide setup: four logical CPU devices, made before TF initialises.
+
+Distribution code is tested on CPU by splitting it into logical devices, the
+way `train.py --cpu_replicas=N` does; this has to happen once, before any
+test touches a device.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+NUM_LOGICAL_CPUS = 4
+
+_cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    _cpu, [tf.config.LogicalDeviceConfiguration()] * NUM_LOGICAL_CPUS)
+
+
+def mirrored_strategy(replicas: int) -> tf.distribute.MirroredStrategy:
+  """A MirroredStrategy over the first `replicas` logical CPUs.
+
+  Strategies made in one process share collective group keys; a test that
+  makes several (of different sizes) would join mismatched groups. Moving
+  the key base for each new strategy is what TensorFlow's own
+  strategy_combinations does. A training run makes one strategy and never
+  needs this.
+  """
+  tf.distribute.MirroredStrategy._collective_key_base += 100_000
+  return tf.distribute.MirroredStrategy(
+      [f"/cpu:{i}" for i in range(replicas)])

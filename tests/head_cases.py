@@ -1,0 +1,42 @@
+"""One registry of small head configurations that every generic test uses.
+
+A head added to `cfal.heads.HEADS` must appear here (a test checks), so it
+gets the eager/function/XLA, strategy, checkpoint and precision tests for
+free.
+"""
+
+from __future__ import annotations
+
+import cfal.heads as heads
+
+NUM_CLASSES = 5
+EMBEDDING_DIM = 8
+COUNTS = [400, 120, 40, 12, 4]
+
+# id -> constructor keyword arguments (num_classes/embedding_dim added).
+CASES: dict[str, tuple[type, dict]] = {
+    "softmax": (heads.Softmax, {}),
+    "focal": (heads.Focal, {"gamma": 2.0}),
+    "focal_balanced": (heads.Focal, {"gamma": 1.0, "class_counts": COUNTS,
+                                     "beta": 0.99}),
+    "arcface": (heads.ArcFace, {"scale": 16.0, "margin": 0.5}),
+    "cosface": (heads.CosFace, {"scale": 16.0, "margin": 0.35}),
+    "sphereface": (heads.SphereFace, {"scale": 16.0, "margin": 1.35}),
+    "combined_margin": (heads.CombinedMargin,
+                        {"m1": 1.0, "m2": 0.3, "m3": 0.2, "scale": 16.0}),
+    "center_loss": (heads.CenterLoss, {"alpha": 0.5, "center_weight": 0.1}),
+    "center_loss_gradient": (heads.CenterLoss,
+                             {"center_weight": 0.1,
+                              "center_update": "gradient"}),
+    "affinity": (heads.Affinity, {"sigma": 4.0, "margin": 0.75}),
+    "affinity_3c": (heads.Affinity, {"sigma": 4.0, "num_centers": 3}),
+    "cfal": (heads.CFAL, {"sigma": 4.0, "gamma": 2.0, "class_counts": COUNTS,
+                          "beta": 0.999}),
+    "cfal_3c": (heads.CFAL, {"sigma": 4.0, "num_centers": 3, "gamma": 0.5}),
+}
+
+
+def make_head(case: str, seed: int = 0, **overrides) -> heads.Head:
+  cls, kwargs = CASES[case]
+  return cls(num_classes=NUM_CLASSES, embedding_dim=EMBEDDING_DIM, seed=seed,
+             **{**kwargs, **overrides})
