@@ -1,10 +1,12 @@
-# Everything runs in .venv, created on first use.
+# Everything runs in .venv, created on first use; Fashion-MNIST comes from
+# the Debian package unless $CFAL_DATA_DIR points at the IDX files.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: test test-slow run clean-venv
+.PHONY: test test-slow run data clean-venv
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,14 +14,23 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e '.[cpu,test]'
 	touch $(STAMP)
 
-test: $(STAMP)
+data:
+	@if [ -n "$$CFAL_DATA_DIR" ] || [ -f $(FASHION_MNIST) ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+	  echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist' or set CFAL_DATA_DIR to a folder with its IDX files." >&2; \
+	  exit 1; \
+	fi
+
+test: $(STAMP) data
 	$(PY) -m pytest -q -n 2 --durations=15
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) data
 	$(PY) -m pytest -q -m slow --durations=15
 
-run: $(STAMP)
-	$(PY) examples/heads_demo.py
+run: $(STAMP) data
+	$(PY) examples/compare_heads.py
 
 clean-venv:
 	rm -rf $(VENV)
