@@ -29,7 +29,11 @@ class Affinity(base.Head):
   `[N, C, m, D]` of the direct form. `R_w` uses the exact expansion of the
   sums of `d_ab` and `d_ab^2` over pairs into prototype norms and a Gram
   matrix, in float64 on centred prototypes: O(M * min(M, D) * D) time and
-  O(min(M, D)^2) memory, never the `[M, M, D]` tensor.
+  O(min(M, D)^2) memory, never the `[M, M, D]` tensor. The distances that
+  matter most are recomputed by direct differences (`[N, m, D]`): in the
+  loss the own class's (the margin and CFAL's focal factor hinge on
+  `d_{i,y_i}`), in the scores each row's nearest prototype. An embedding on
+  its prototype gets exactly `d = 1` whatever its norm and sigma.
 
   Args:
     num_classes: number of classes C.
@@ -75,9 +79,8 @@ class Affinity(base.Head):
     return tf.reshape(self.prototypes, [self.num_prototypes,
                                         self.embedding_dim])
 
-  def squared_distances(self, embeddings: tf.Tensor) -> tf.Tensor:
-    """`[N, C]` squared distance to the nearest center of each class."""
-    x = base.as_float32(embeddings)
+  def _expanded_squared_distances(self, x: tf.Tensor) -> tf.Tensor:
+    """`[N, M]` squared distances to every prototype from one matmul."""
     w = self._flat_prototypes()
     # Distances are translation-invariant: the shift changes no value and
     # has no gradient, it only keeps the expansion below well conditioned.
@@ -86,11 +89,40 @@ class Affinity(base.Head):
     sq = (tf.reduce_sum(tf.square(x), axis=-1, keepdims=True)
           - 2.0 * tf.matmul(x, w, transpose_b=True)
           + tf.reduce_sum(tf.square(w), axis=-1)[None, :])
-    sq = tf.maximum(sq, 0.0)
-    if self.num_centers > 1:
-      sq = tf.reduce_min(
-          tf.reshape(sq, [-1, self.num_classes, self.num_centers]), axis=-1)
-    return sq
+    return tf.maximum(sq, 0.0)
+
+  def _nearest_center_per_class(self, sq: tf.Tensor) -> tf.Tensor:
+    """`[N, M]` -> `[N, C]`: the minimum over each class's centers."""
+    if self.num_centers == 1:
+      return sq
+    return tf.reduce_min(
+        tf.reshape(sq, [-1, self.num_classes, self.num_centers]), axis=-1)
+
+  def _exact_squared_distances(self, x: tf.Tensor,
+                               picked: tf.Tensor) -> tf.Tensor:
+    """`[N]` min over k of `||x_i - picked_ik||^2` for `picked` `[N, k, D]`,
+    by direct differences: no cancellation, so an embedding on its
+    prototype gives exactly 0. `picked` comes from `tf.gather`, which copies
+    values (a one-hot matmul would be rounded by TF32 on recent GPUs)."""
+    return tf.reduce_min(
+        tf.reduce_sum(tf.square(x[:, None, :] - picked), axis=-1), axis=-1)
+
+  def squared_distances(self, embeddings: tf.Tensor) -> tf.Tensor:
+    """`[N, C]` squared distance to the nearest center of each class.
+
+    The expansion's float32 residue is ~ulp(||x||^2), which `exp(-s/sigma)`
+    magnifies when sigma is small; but then only the nearest prototype has
+    a visible affinity. So each row's nearest prototype is recomputed by
+    direct differences: exact where it matters, one more matmul of cost.
+    """
+    x = base.as_float32(embeddings)
+    sq = self._expanded_squared_distances(x)
+    nearest = tf.argmin(sq, axis=-1, output_type=tf.int32)
+    exact = self._exact_squared_distances(
+        x, tf.gather(self._flat_prototypes(), nearest)[:, None, :])
+    is_nearest = tf.one_hot(nearest, self.num_prototypes) > 0
+    sq = tf.where(is_nearest, exact[:, None], sq)
+    return self._nearest_center_per_class(sq)
 
   def __call__(self, embeddings, labels=None, training=False):
     del labels, training  # The margin lives in the loss, not the scores.
@@ -122,8 +154,17 @@ class Affinity(base.Head):
 
   def _terms(self, embeddings, labels) -> tuple[tf.Tensor, tf.Tensor]:
     """Returns `d_{i,y_i}` `[N]` and `L_mm + spread_weight * R_w` `[N]`."""
-    d = self(embeddings)
+    x = base.as_float32(embeddings)
     onehot = base.one_hot(labels, self.num_classes)
+    # The own class's distance (which the margin and CFAL's focal factor
+    # hinge on) by direct differences; the rest from the expansion.
+    centers = tf.reshape(self.prototypes, [self.num_classes, self.num_centers,
+                                           self.embedding_dim])
+    own = self._exact_squared_distances(
+        x, tf.gather(centers, tf.cast(tf.reshape(labels, [-1]), tf.int32)))
+    sq = self._nearest_center_per_class(self._expanded_squared_distances(x))
+    sq = tf.where(onehot > 0, own[:, None], sq)
+    d = tf.exp(-sq / self.sigma)
     d_target = tf.reduce_sum(d * onehot, axis=-1)
     hinge = tf.nn.relu(self.margin + d - d_target[:, None]) * (1.0 - onehot)
     loss = tf.reduce_sum(hinge, axis=-1)
