@@ -1,0 +1,268 @@
+"""Independent float64 NumPy reference implementations of the cfal loss heads.
+
+Written from the papers' formulas (not from the library code) and used by
+``tests/test_heads_reference.py`` to check values and gradients of the
+TensorFlow heads.  Everything here works on float64 arrays; every loss
+function returns the per-example loss, shape [N].
+
+Notation: ``x`` embeddings [N, D], ``y`` integer labels [N], ``W``
+prototypes [C, D] (or [C, m, D] for the multi-centre affinity heads).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def f64(a) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------
+# generic helpers
+# --------------------------------------------------------------------------
+
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax, shifted by the row max for stability."""
+    z = f64(z)
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    return np.exp(log_softmax(z))
+
+
+def cross_entropy(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """-log softmax(logits)[i, y_i], shape [N]."""
+    y = np.asarray(y)
+    return -log_softmax(logits)[np.arange(len(y)), y]
+
+
+def numerical_grad(f, x: np.ndarray, eps: float) -> np.ndarray:
+    """Central finite differences of the scalar function ``f`` at ``x``.
+
+    (f(x + eps e_k) - f(x - eps e_k)) / (2 eps) for every entry k of ``x``;
+    returns an array of ``x``'s shape.  ``x`` itself is left unchanged.
+    """
+    x = f64(x).copy()
+    grad = np.zeros_like(x)
+    flat = x.reshape(-1)
+    gflat = grad.reshape(-1)
+    for k in range(flat.size):
+        old = flat[k]
+        flat[k] = old + eps
+        fp = float(f(x))
+        flat[k] = old - eps
+        fm = float(f(x))
+        flat[k] = old
+        gflat[k] = (fp - fm) / (2.0 * eps)
+    return grad
+
+
+# --------------------------------------------------------------------------
+# linear softmax and focal loss
+# --------------------------------------------------------------------------
+
+def linear_logits(x, W, b=None) -> np.ndarray:
+    """x W^T + b with W [C, D] (one prototype / weight row per class)."""
+    z = f64(x) @ f64(W).T
+    if b is not None:
+        z = z + f64(b)[None, :]
+    return z
+
+
+def softmax_loss(x, y, W, b=None) -> np.ndarray:
+    return cross_entropy(linear_logits(x, W, b), y)
+
+
+def class_balanced_weights(class_counts, beta: float) -> np.ndarray:
+    """Cui et al. 2019: w_c = (1 - beta) / (1 - beta^{n_c}), sum(w) = C."""
+    n = f64(class_counts)
+    w = (1.0 - beta) / (1.0 - np.power(beta, n))
+    return w * (len(n) / w.sum())
+
+
+def focal_loss(x, y, W, b=None, gamma: float = 2.0, alpha=None) -> np.ndarray:
+    """Lin et al. 2017: -a_y (1 - p_y)^gamma log p_y on linear logits."""
+    y = np.asarray(y)
+    logp_y = log_softmax(linear_logits(x, W, b))[np.arange(len(y)), y]
+    one_minus_p = -np.expm1(logp_y)          # 1 - p_y without cancellation
+    a = np.ones(np.shape(W)[0]) if alpha is None else f64(alpha)
+    return -a[y] * np.power(one_minus_p, gamma) * logp_y
+
+
+# --------------------------------------------------------------------------
+# combined angular margin (ArcFace / CosFace / SphereFace)
+# --------------------------------------------------------------------------
+
+def l2_normalize_rows(a) -> np.ndarray:
+    """Rows divided by their norm; a zero row stays zero."""
+    a = f64(a)
+    n = np.linalg.norm(a, axis=-1, keepdims=True)
+    return np.divide(a, n, out=np.zeros_like(a), where=n > 0)
+
+
+def cosines(x, W) -> np.ndarray:
+    """cos_ij = <x_i/||x_i||, w_j/||w_j||>, [N, C] (0 for zero vectors)."""
+    c = l2_normalize_rows(x) @ l2_normalize_rows(W).T
+    return np.clip(c, -1.0, 1.0)
+
+
+def combined_margin_psi(theta, m1: float, m2: float, m3: float):
+    """Target-class margin function psi(theta) of the combined margin."""
+    theta = f64(theta)
+    if m1 == 1.0:
+        t = theta + m2
+        return np.where(t <= np.pi, np.cos(t) - m3,
+                        np.cos(theta) - m2 * np.sin(m2) - m3)
+    u = m1 * theta + m2
+    k = np.floor(u / np.pi)
+    sign = np.where(np.mod(k, 2) == 0, 1.0, -1.0)
+    return sign * np.cos(u) - 2.0 * k - m3
+
+
+def combined_margin_logits(x, y, W, m1=1.0, m2=0.0, m3=0.0, scale=64.0):
+    """Training logits: s*psi(theta_iy) on the target, s*cos elsewhere."""
+    y = np.asarray(y)
+    cos = cosines(x, W)
+    rows = np.arange(len(y))
+    theta = np.arccos(cos[rows, y])
+    logits = scale * cos
+    logits[rows, y] = scale * combined_margin_psi(theta, m1, m2, m3)
+    return logits
+
+
+def combined_margin_loss(x, y, W, m1=1.0, m2=0.0, m3=0.0, scale=64.0):
+    return cross_entropy(combined_margin_logits(x, y, W, m1, m2, m3, scale), y)
+
+
+def combined_margin_kink_distance(x, y, W, m1=1.0, m2=0.0, m3=0.0):
+    """Smallest distance of any example to a point where the loss is not
+    smooth: |cos_iy| = 1 (arccos singular) or, for m1 == 1 and m2 > 0, the
+    ArcFace fallback switch theta + m2 = pi (a jump).  Measured in radians of
+    theta for the switch and in (1 - |cos|) for the singularity."""
+    y = np.asarray(y)
+    cos = cosines(x, W)[np.arange(len(y)), y]
+    d = 1.0 - np.abs(cos)
+    if m1 == 1.0 and m2 > 0.0:
+        d = np.minimum(d, np.abs(np.arccos(cos) + m2 - np.pi))
+    return float(d.min())
+
+
+# --------------------------------------------------------------------------
+# center loss
+# --------------------------------------------------------------------------
+
+def center_loss(x, y, kernel, bias, centers, center_weight=0.01) -> np.ndarray:
+    """Wen et al. 2016: CE(x K + b, y) + center_weight/2 ||x - c_y||^2.
+
+    ``kernel`` is [D, C] (logits = x @ kernel + bias)."""
+    x = f64(x)
+    y = np.asarray(y)
+    logits = x @ f64(kernel) + f64(bias)[None, :]
+    diff = x - f64(centers)[y]
+    return cross_entropy(logits, y) + center_weight * 0.5 * (diff ** 2).sum(1)
+
+
+def center_update_alpha(x, y, centers, alpha=0.5) -> np.ndarray:
+    """c_j <- c_j - alpha * sum_{i: y_i=j} (c_j - x_i) / (1 + n_j)."""
+    x = f64(x)
+    y = np.asarray(y)
+    new = f64(centers).copy()
+    for j in range(new.shape[0]):
+        mask = y == j
+        n_j = int(mask.sum())
+        delta = (new[j][None, :] - x[mask]).sum(0) / (1.0 + n_j)
+        new[j] = new[j] - alpha * delta
+    return new
+
+
+# --------------------------------------------------------------------------
+# Gaussian affinity (Hayat et al. 2019) and CFAL (Mahbub et al. 2024)
+# --------------------------------------------------------------------------
+
+def _as_centres(W) -> np.ndarray:
+    W = f64(W)
+    return W[:, None, :] if W.ndim == 2 else W          # [C, m, D]
+
+
+def affinity_sq_distances(x, W) -> np.ndarray:
+    """||x_i - w_jk||^2, [N, C, m] (explicit differences, no expansion)."""
+    Wc = _as_centres(W)
+    diff = f64(x)[:, None, None, :] - Wc[None]
+    return (diff ** 2).sum(-1)
+
+
+def affinity_similarities(x, W, sigma) -> np.ndarray:
+    """d_ij = max_k exp(-||x_i - w_jk||^2 / sigma), [N, C]."""
+    return np.exp(-affinity_sq_distances(x, W) / sigma).max(-1)
+
+
+def max_margin_terms(d, y, margin) -> np.ndarray:
+    """L_mm_i = sum_{j != y_i} max(0, margin + d_ij - d_iy), [N]."""
+    d = f64(d)
+    y = np.asarray(y)
+    rows = np.arange(len(y))
+    h = np.maximum(0.0, margin + d - d[rows, y][:, None])
+    h[rows, y] = 0.0
+    return h.sum(1)
+
+
+def prototype_spread(W) -> np.ndarray:
+    """R_w: population variance of ||w_a - w_b||^2 over all pairs a < b of
+    the M = C*m prototypes (mean of squared deviations over M(M-1)/2)."""
+    P = _as_centres(W).reshape(-1, np.shape(W)[-1])
+    M = P.shape[0]
+    a, b = np.triu_indices(M, k=1)
+    s = ((P[a] - P[b]) ** 2).sum(-1)
+    return np.mean((s - s.mean()) ** 2)
+
+
+def affinity_loss(x, y, W, sigma=130.0, margin=0.75, spread_weight=1.0):
+    d = affinity_similarities(x, W, sigma)
+    return max_margin_terms(d, y, margin) + spread_weight * prototype_spread(W)
+
+
+def cfal_factor(x, y, W, sigma=130.0, gamma=2.0, class_weights=None):
+    """w_{y_i} (1 - d_{i,y_i})^gamma, [N] (the stop-gradient factor)."""
+    y = np.asarray(y)
+    d_y = affinity_similarities(x, W, sigma)[np.arange(len(y)), y]
+    C = _as_centres(W).shape[0]
+    w = np.ones(C) if class_weights is None else f64(class_weights)
+    return w[y] * np.power(1.0 - d_y, gamma)
+
+
+def cfal_loss(x, y, W, sigma=130.0, margin=0.75, gamma=2.0,
+              class_weights=None, spread_weight=1.0, factor=None):
+    """CFAL per-example loss.  ``factor`` (shape [N]) overrides the
+    modulating factor; pass the factor evaluated at the base point to get a
+    function whose finite differences match the stop-gradient gradient."""
+    if factor is None:
+        factor = cfal_factor(x, y, W, sigma, gamma, class_weights)
+    return factor * affinity_loss(x, y, W, sigma, margin, spread_weight)
+
+
+def affinity_kink_distance(x, y, W, sigma, margin, negligible=1e-12):
+    """Distances to the non-smooth points of the affinity loss, as a pair
+    (hinge, tie):
+
+    * hinge: min |margin + d_ij - d_iy| over j != y (in affinity units);
+    * tie: min gap between the two smallest ||x_i - w_jk||^2 over k (in
+      squared-distance units), ignored where the affinity is negligible.
+    """
+    y = np.asarray(y)
+    rows = np.arange(len(y))
+    sq = affinity_sq_distances(x, W)
+    d = np.exp(-sq / sigma).max(-1)
+    h = np.abs(margin + d - d[rows, y][:, None])
+    h[rows, y] = np.inf
+    hinge = float(h.min()) if h.shape[1] > 1 else np.inf
+    tie = np.inf
+    if sq.shape[-1] > 1:
+        srt = np.sort(sq, axis=-1)
+        gap = srt[..., 1] - srt[..., 0]
+        relevant = np.exp(-srt[..., 0] / sigma) > negligible
+        if relevant.any():
+            tie = float(gap[relevant].min())
+    return hinge, tie
