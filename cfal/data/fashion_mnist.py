@@ -20,6 +20,7 @@ import numpy as np
 
 from cfal.data.errors import DataError
 from cfal.data.idx import read_idx
+from cfal.data.search import find_file, unique_dirs
 
 __all__ = ["FASHION_MNIST_CLASSES", "load_fashion_mnist"]
 
@@ -54,28 +55,14 @@ _NUM_CLASSES = len(FASHION_MNIST_CLASSES)
 
 def _search_dirs(data_dir: str | None) -> list[str]:
   """Candidate directories in search order, without duplicates."""
-  candidates = [data_dir, os.environ.get(ENV_VAR), SYSTEM_DATA_DIR,
-                os.path.expanduser(KERAS_CACHE_DIR)]
-  out: list[str] = []
-  for d in candidates:
-    if d and os.path.abspath(d) not in map(os.path.abspath, out):
-      out.append(d)
-  return out
-
-
-def _find_file(directory: str, name: str) -> str | None:
-  """Path of `name` or `name.gz` in `directory` (gzip preferred)."""
-  for candidate in (name + ".gz", name):
-    path = os.path.join(directory, candidate)
-    if os.path.isfile(path):
-      return path
-  return None
+  return unique_dirs([data_dir, os.environ.get(ENV_VAR), SYSTEM_DATA_DIR,
+                      os.path.expanduser(KERAS_CACHE_DIR)])
 
 
 def _find_split(split: str, dirs: list[str]) -> tuple[str, str] | None:
   """First directory holding both files of `split`."""
   for d in dirs:
-    paths = [_find_file(d, name) for name in _FILES[split]]
+    paths = [find_file(d, name) for name in _FILES[split]]
     if all(paths):
       return paths[0], paths[1]
   return None
@@ -121,7 +108,7 @@ def _download(data_dir: str | None) -> str:
         f"{e.strerror or e}") from e
   for names in _FILES.values():
     for name in names:
-      if _find_file(target, name) is None:
+      if find_file(target, name) is None:
         _download_file(BASE_URL + name + ".gz",
                        os.path.join(target, name + ".gz"),
                        _MD5[name + ".gz"])
