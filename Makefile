@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: test test-slow run data clean-venv
+.PHONY: test test-slow train data clean-venv
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,9 @@ test: $(STAMP) data
 test-slow: $(STAMP) data
 	$(PY) -m pytest -q -m slow --durations=15
 
-run: $(STAMP) data
-	$(PY) examples/compare_heads.py
+# The main job: `make train`, or `make train ARGS="--head=arcface --epochs=5"`.
+train: $(STAMP) data
+	$(PY) train.py $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -9,6 +9,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 NUM_LOGICAL_CPUS = 4
@@ -30,3 +31,10 @@ def mirrored_strategy(replicas: int) -> tf.distribute.MirroredStrategy:
   tf.distribute.MirroredStrategy._collective_key_base += 100_000
   return tf.distribute.MirroredStrategy(
       [f"/cpu:{i}" for i in range(replicas)])
+
+
+@pytest.fixture(autouse=True)
+def _fresh_collective_keys():
+  """Strategies made by code under test (train()) get unshared group keys."""
+  tf.distribute.MirroredStrategy._collective_key_base += 100_000
+  yield

@@ -1,0 +1,114 @@
+"""Plain configuration objects: what train.py turns its flags into.
+
+The library never reads flags. A run's `TrainConfig` is written to
+`<logdir>/config.json`, from which eval.py (and a resumed run) rebuild it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+from cfal.data.datasets import DataConfig
+
+STEP_MODES = ("auto", "eager", "function", "xla")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+PRECISIONS = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Backbone and head.
+
+  Attributes:
+    backbone: a name in `cfal.backbones.BACKBONES`.
+    embedding_dim: embedding size D.
+    head: a name in `cfal.heads.HEADS`.
+    head_args: head hyper-parameters given explicitly (scale, margin, ...);
+      the head's own defaults fill the rest. Class counts are added from the
+      data for heads that take them.
+  """
+
+  backbone: str = "seed_cnn"
+  embedding_dim: int = 64
+  head: str = "cfal"
+  head_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """Keras optimizer and learning-rate schedule (warmup, then cosine)."""
+
+  name: str = "adam"
+  learning_rate: float = 1e-3
+  weight_decay: float = 1e-4      # adamw only
+  momentum: float = 0.9           # sgd only
+  schedule: str = "cosine"
+  warmup_steps: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Length, cadence, devices and where everything goes.
+
+  Attributes:
+    logdir: run directory: event files, checkpoints, config, export.
+    epochs: training length in epochs of the training set.
+    train_steps: training length in steps; overrides `epochs` when set.
+    batch_size: the global batch over all replicas.
+    steps_per_loop: steps per compiled call.
+    step_mode: "auto", "eager", "function" or "xla".
+    eval_every: validation cadence in steps (None: once per epoch).
+    checkpoint_every: checkpoint cadence in steps.
+    early_stopping_patience: stop after this many evaluations without a
+      better validation balanced accuracy (0: never).
+    strategy: "default", "mirrored" or "multi_worker".
+    gpus: mirror over this many GPUs.
+    cpu_replicas: split the CPU into this many logical devices and mirror.
+    mixed_precision: "float32", "bfloat16" or "float16" for the backbone.
+    seed: fixes initialisation, data order and augmentation.
+    projector_points: validation embeddings written for the projector.
+  """
+
+  logdir: str = "runs/default"
+  epochs: float = 2.0
+  train_steps: int | None = None
+  batch_size: int = 128
+  steps_per_loop: int = 50
+  step_mode: str = "auto"
+  eval_every: int | None = None
+  checkpoint_every: int = 500
+  early_stopping_patience: int = 0
+  strategy: str = "default"
+  gpus: int = 0
+  cpu_replicas: int = 0
+  mixed_precision: str = "float32"
+  seed: int = 0
+  projector_points: int = 2000
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  data: DataConfig = DataConfig()
+  model: ModelConfig = ModelConfig()
+  optimizer: OptimizerConfig = OptimizerConfig()
+  run: RunConfig = RunConfig()
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_json(cls, text: str) -> "TrainConfig":
+    raw = json.loads(text)
+    return cls(data=DataConfig(**raw["data"]),
+               model=ModelConfig(**raw["model"]),
+               optimizer=OptimizerConfig(**raw["optimizer"]),
+               run=RunConfig(**raw["run"]))
+
+  @classmethod
+  def load(cls, logdir: str | pathlib.Path) -> "TrainConfig":
+    return cls.from_json((pathlib.Path(logdir) / "config.json").read_text())

@@ -1,0 +1,398 @@
+"""The training controller: build, restore, train, evaluate, save, export.
+
+`train(config)` owns the cadence: K steps per compiled call, then in Python
+the progress line and train summaries, validation every `eval_every` steps
+(scalars, per-class recall, confusion-matrix and embedding images,
+projector files), checkpoints every `checkpoint_every` steps plus the best
+by validation balanced accuracy, early stopping, and the export at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import pathlib
+import shutil
+import tempfile
+import time
+from typing import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import cfal.backbones
+import cfal.heads
+from cfal.data import datasets, pipeline
+from cfal.errors import UsageError
+from cfal.metrics.classification import classification_report
+from cfal.training import export, summaries
+from cfal.training.config import TrainConfig
+from cfal.training.steps import Steps
+from cfal.training.strategy import make_strategy
+
+Printer = Callable[[str], None]
+
+
+@dataclasses.dataclass
+class RunResult:
+  """What a finished `train` call reports."""
+
+  logdir: pathlib.Path
+  step: int
+  validation: dict
+  best_balanced_accuracy: float
+  export_path: pathlib.Path | None
+  stopped_early: bool
+  history: list[dict] = dataclasses.field(default_factory=list)
+  is_chief: bool = True
+
+
+def resolve_step_mode(mode: str) -> str:
+  """`auto` -> what the benchmarks found fastest on the devices present.
+
+  On CPU, XLA made conv train steps about 2x slower than plain tf.function
+  (bench/); on GPUs XLA usually wins.
+  """
+  if mode != "auto":
+    return mode
+  return "xla" if tf.config.list_physical_devices("GPU") else "function"
+
+
+def build_head(config: TrainConfig, class_counts: np.ndarray,
+               num_classes: int) -> cfal.heads.Head:
+  """The head named in the config, with class counts where it takes them."""
+  model = config.model
+  if model.head not in cfal.heads.HEADS:
+    raise UsageError(f"Unknown --head={model.head!r}; choose one of "
+                     f"{', '.join(sorted(cfal.heads.HEADS))}.")
+  cls = cfal.heads.HEADS[model.head]
+  accepted = inspect.signature(cls.__init__).parameters
+  args = dict(model.head_args)
+  unknown = sorted(k for k in args if k not in accepted)
+  if unknown:
+    raise UsageError(f"--head={model.head} takes no {', '.join(unknown)}; it "
+                     f"takes {', '.join(k for k in accepted if k not in ('self', 'num_classes', 'embedding_dim', 'name', 'class_counts'))}.")
+  if "class_counts" in accepted and "alpha" not in args:
+    args["class_counts"] = [int(c) for c in class_counts]
+  try:
+    return cls(num_classes=num_classes, embedding_dim=model.embedding_dim,
+               seed=config.run.seed, **args)
+  except (ValueError, TypeError) as error:
+    raise UsageError(f"--head={model.head}: {error}") from None
+
+
+def backbone_options(config: TrainConfig) -> dict:
+  """Backbone options implied by the head.
+
+  The seed CNN ends on the unit sphere for the angular-margin heads (the
+  ArcFace notebook's sphere pictures); Euclidean heads (center loss,
+  affinity, CFAL) need unnormalised embeddings, and so does the linear
+  softmax, whose logits a unit-norm input would cap.
+  """
+  if config.model.backbone != "seed_cnn":
+    return {}
+  head = cfal.heads.HEADS.get(config.model.head)
+  return {"normalize": bool(head and issubclass(head,
+                                                cfal.heads.CombinedMargin))}
+
+
+def build_optimizer(config: TrainConfig,
+                    total_steps: int) -> keras.optimizers.Optimizer:
+  opt = config.optimizer
+  lr: float | keras.optimizers.schedules.LearningRateSchedule
+  lr = opt.learning_rate
+  if opt.schedule == "cosine":
+    decay = max(1, total_steps - opt.warmup_steps)
+    if opt.warmup_steps:
+      lr = keras.optimizers.schedules.CosineDecay(
+          0.0, decay, warmup_target=opt.learning_rate,
+          warmup_steps=opt.warmup_steps)
+    else:
+      lr = keras.optimizers.schedules.CosineDecay(opt.learning_rate, decay)
+  elif opt.schedule != "constant":
+    raise UsageError(f"Unknown --schedule={opt.schedule!r}; choose constant "
+                     f"or cosine.")
+  if opt.name == "adam":
+    optimizer = keras.optimizers.Adam(lr)
+  elif opt.name == "adamw":
+    optimizer = keras.optimizers.AdamW(lr, weight_decay=opt.weight_decay)
+  elif opt.name == "sgd":
+    optimizer = keras.optimizers.SGD(lr, momentum=opt.momentum)
+  else:
+    raise UsageError(f"Unknown --optimizer={opt.name!r}; choose adam, adamw "
+                     f"or sgd.")
+  if config.run.mixed_precision == "float16":
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+  return optimizer
+
+
+def _check_run_dir(logdir: pathlib.Path, config: TrainConfig) -> None:
+  """A run directory belongs to one model: refuse to resume another."""
+  saved = logdir / "config.json"
+  if not saved.exists():
+    return
+  old = TrainConfig.load(logdir)
+  for field in ("backbone", "head", "embedding_dim"):
+    a, b = getattr(old.model, field), getattr(config.model, field)
+    if a != b:
+      raise UsageError(f"{logdir} holds a run with {field}={a}, not {b}: "
+                       f"use a new --logdir or the same {field}.")
+  if old.data.name != config.data.name:
+    raise UsageError(f"{logdir} holds a run on {old.data.name}, not "
+                     f"{config.data.name}: use a new --logdir.")
+
+
+def train(config: TrainConfig, *, echo: Printer = print) -> RunResult:
+  """Trains as `config` says; resumes if `config.run.logdir` has a run."""
+  run = config.run
+  strategy = make_strategy(run.strategy, gpus=run.gpus,
+                           cpu_replicas=run.cpu_replicas)
+  mode = resolve_step_mode(run.step_mode)
+  logdir = pathlib.Path(run.logdir)
+  chief = is_chief(strategy)
+  if not chief:
+    # Every worker takes part in saving (it runs collectives), but only the
+    # chief writes the run directory; the others write to scratch.
+    echo = lambda message: None  # noqa: E731
+    scratch = pathlib.Path(tempfile.mkdtemp(prefix="cfal-worker-"))
+    if (logdir / "checkpoints").exists():
+      shutil.copytree(logdir / "checkpoints", scratch / "checkpoints")
+    logdir = scratch
+  _check_run_dir(logdir, config)
+  if run.mixed_precision != "float32":
+    keras.mixed_precision.set_global_policy(f"mixed_{run.mixed_precision}")
+
+  data = datasets.load_data(config.data)
+  for note in data.notes:
+    echo(f"note: {note}")
+  per_epoch = pipeline.steps_per_epoch(len(data.train_indices),
+                                       run.batch_size)
+  total_steps = run.train_steps or max(1, math.ceil(run.epochs * per_epoch))
+  eval_every = run.eval_every or per_epoch
+  counts = data.class_counts
+
+  with strategy.scope():
+    keras.utils.set_random_seed(run.seed)
+    try:
+      backbone = cfal.backbones.build_backbone(
+          config.model.backbone, input_shape=data.image_shape,
+          embedding_dim=config.model.embedding_dim, seed=run.seed,
+          **backbone_options(config))
+    except ValueError as error:
+      raise UsageError(f"--backbone={config.model.backbone}: {error}") from None
+    head = build_head(config, counts, data.num_classes)
+    optimizer = build_optimizer(config, total_steps)
+    variables = list(backbone.trainable_variables) + list(
+        head.trainable_variables)
+    optimizer.build(variables)
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    best = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best")
+    checkpoint = tf.train.Checkpoint(backbone=backbone, head=head,
+                                     optimizer=optimizer, step=step,
+                                     best_balanced_accuracy=best)
+
+  latest = tf.train.CheckpointManager(checkpoint, logdir / "checkpoints",
+                                      max_to_keep=3)
+  best_manager = tf.train.CheckpointManager(
+      checkpoint, logdir / "checkpoints" / "best", max_to_keep=1)
+  if latest.latest_checkpoint:
+    checkpoint.restore(latest.latest_checkpoint).assert_existing_objects_matched()
+    echo(f"Resuming {logdir} at step {int(step.numpy())}.")
+  logdir.mkdir(parents=True, exist_ok=True)
+  (logdir / "config.json").write_text(config.to_json())
+
+  steps = Steps(strategy=strategy, backbone=backbone, head=head,
+                optimizer=optimizer, global_batch_size=run.batch_size,
+                mode=mode)
+  writers = summaries.Writers(str(logdir))
+  summaries.write_hparams(writers.train, _hparams(config, mode))
+
+  start = int(step.numpy())
+  dist = strategy.distribute_datasets_from_function(
+      lambda ctx: pipeline.train_dataset(
+          data.source, data.train_indices, global_batch_size=run.batch_size,
+          seed=run.seed, start_step=start, augment=config.data.augment,
+          input_context=ctx))
+  iterator = iter(dist)
+  validation = eval_dataset_fn(data, run.batch_size)
+  echo(f"Training {config.model.backbone} + {config.model.head} on "
+       f"{data.name}: {len(data.train_indices)} training / "
+       f"{len(data.validation_indices)} validation images, "
+       f"{data.num_classes} classes; {total_steps} steps of "
+       f"{run.batch_size} ({per_epoch} per epoch), "
+       f"{strategy.num_replicas_in_sync} replica(s), step mode {mode}.")
+
+  patience_left = run.early_stopping_patience
+  stopped_early = False
+  last_eval: dict = {}
+  timer = _Timer(total_steps - start)
+  current = start
+  history = []
+  while current < total_steps:
+    n = min(run.steps_per_loop, total_steps - current)
+    began = time.perf_counter()
+    results = steps.train_loop(iterator, tf.constant(n))
+    loss = float(results["loss"])
+    accuracy = float(results["accuracy"])
+    seconds = time.perf_counter() - began
+    current += n
+    step.assign(current)
+    rate = n * run.batch_size / seconds
+    history.append({"step": current, "loss": loss, "accuracy": accuracy})
+    lr = float(optimizer.learning_rate)
+    summaries.write_scalars(writers.train, {
+        "loss": loss, "accuracy": accuracy, "learning_rate": lr,
+        "examples_per_second": rate}, current)
+    echo(f"step {current}/{total_steps}  epoch {current / per_epoch:.2f}  "
+         f"loss {loss:.4f}  accuracy {accuracy:.3f}  {rate:.0f} examples/s  "
+         f"ETA {timer.eta(n, seconds)}")
+
+    if current % eval_every < n or current == total_steps:
+      last_eval = evaluate(steps, validation(), data, run)
+      _write_eval(writers, logdir, last_eval, data, config, head, current)
+      score = last_eval["report"]["balanced_accuracy"]
+      echo(f"validation at step {current}: accuracy "
+           f"{last_eval['report']['accuracy']:.4f}  balanced accuracy "
+           f"{score:.4f}  macro F1 {last_eval['report']['macro_f1']:.4f}")
+      if score > float(best.numpy()):
+        best.assign(score)
+        best_manager.save(checkpoint_number=current)
+        patience_left = run.early_stopping_patience
+      elif run.early_stopping_patience:
+        patience_left -= 1
+        if patience_left <= 0:
+          stopped_early = True
+    if current % run.checkpoint_every < n or current == total_steps or (
+        stopped_early):
+      latest.save(checkpoint_number=current)
+    writers.flush()
+    if stopped_early:
+      echo(f"Stopping early: no better validation balanced accuracy in "
+           f"{run.early_stopping_patience} evaluations.")
+      break
+
+  if not latest.latest_checkpoint or int(step.numpy()) != current:
+    latest.save(checkpoint_number=current)
+  export_path = export.export_saved_model(
+      logdir / "export", backbone=backbone, head=head,
+      image_shape=data.image_shape, class_names=data.class_names)
+  writers.flush()
+  if not chief:
+    shutil.rmtree(logdir, ignore_errors=True)
+  echo(f"Done. TensorBoard logs: {logdir}  (view: tensorboard --logdir "
+       f"{logdir} --host 127.0.0.1)")
+  echo(f"Checkpoints: {logdir / 'checkpoints'} (best: "
+       f"{logdir / 'checkpoints' / 'best'});  export: {export_path}")
+  return RunResult(logdir=logdir, step=current,
+                   validation=last_eval.get("report", {}),
+                   best_balanced_accuracy=float(best.numpy()),
+                   export_path=export_path if chief else None,
+                   stopped_early=stopped_early, history=history,
+                   is_chief=chief)
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """True unless this process is a non-chief worker of a cluster."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.task_type:
+    return True
+  if resolver.task_type == "chief":
+    return True
+  has_chief = "chief" in resolver.cluster_spec().as_dict()
+  return (not has_chief and resolver.task_type == "worker"
+          and resolver.task_id == 0)
+
+
+def eval_dataset_fn(data: datasets.DataBundle, batch_size: int):
+  """A factory for the validation dataset (rebuilt for each evaluation)."""
+  def make():
+    return pipeline.eval_dataset(data.source, data.validation_indices,
+                                 batch_size=batch_size)
+  return make
+
+
+def evaluate(steps: Steps, dataset: tf.data.Dataset,
+             data: datasets.DataBundle, run) -> dict:
+  """Runs a dataset through the compiled eval step; reduces on the host."""
+  strategy = steps.strategy
+  confusion = np.zeros((data.num_classes, data.num_classes), np.int64)
+  loss_sum, count = 0.0, 0
+  kept_embeddings, kept_labels = [], []
+  kept = 0
+  for batch in strategy.experimental_distribute_dataset(dataset):
+    embeddings, labels, _, loss, cm = steps.eval_step(batch)
+    confusion += strategy.reduce(tf.distribute.ReduceOp.SUM, cm,
+                                 axis=None).numpy().astype(np.int64)
+    loss_sum += float(strategy.reduce(tf.distribute.ReduceOp.SUM, loss,
+                                      axis=None))
+    for emb, lab in zip(strategy.experimental_local_results(embeddings),
+                        strategy.experimental_local_results(labels)):
+      count += int(lab.shape[0])
+      if kept < run.projector_points:
+        kept_embeddings.append(emb.numpy())
+        kept_labels.append(lab.numpy())
+        kept += int(lab.shape[0])
+  report = classification_report(confusion, data.class_names)
+  report["loss"] = loss_sum / max(count, 1)
+  return {"report": report, "confusion": confusion,
+          "embeddings": np.concatenate(kept_embeddings)[:run.projector_points],
+          "labels": np.concatenate(kept_labels)[:run.projector_points]}
+
+
+def _write_eval(writers, logdir, result, data, config, head, step) -> None:
+  from cfal.viz import plots  # pylint: disable=import-outside-toplevel
+  report = result["report"]
+  summaries.write_scalars(writers.validation, {
+      "loss": report["loss"], "accuracy": report["accuracy"],
+      "balanced_accuracy": report["balanced_accuracy"],
+      "macro_f1": report["macro_f1"]}, step)
+  recalls = [report["per_class"][name]["recall"] for name in data.class_names]
+  summaries.write_per_class(writers.validation, "per_class_recall", recalls,
+                            data.class_names, step)
+  title = (f"{config.model.head} head, {config.model.backbone} on "
+           f"{data.name} - validation, step {step}")
+  summaries.write_image(writers.validation, "confusion_matrix",
+                        plots.figure_to_image_tensor(
+                            plots.confusion_matrix_figure(
+                                result["confusion"], data.class_names, title)),
+                        step)
+  summaries.write_image(writers.validation, "embeddings",
+                        plots.figure_to_image_tensor(plots.embedding_figure(
+                            result["embeddings"], result["labels"],
+                            data.class_names, title,
+                            prototypes=head.prototypes.numpy(),
+                            metric=head.embedding_metric)), step)
+  summaries.write_projector(str(logdir), result["embeddings"],
+                            result["labels"], data.class_names)
+
+
+def _hparams(config: TrainConfig, mode: str) -> dict:
+  values = {"head": config.model.head, "backbone": config.model.backbone,
+            "embedding_dim": config.model.embedding_dim,
+            "dataset": config.data.name,
+            "imbalance_ratio": config.data.imbalance_ratio,
+            "batch_size": config.run.batch_size,
+            "learning_rate": config.optimizer.learning_rate,
+            "optimizer": config.optimizer.name, "step_mode": mode,
+            "mixed_precision": config.run.mixed_precision,
+            "seed": config.run.seed}
+  values.update({f"head_{k}": v for k, v in config.model.head_args.items()})
+  return values
+
+
+class _Timer:
+  """ETA from the average time per step so far."""
+
+  def __init__(self, remaining: int):
+    self.remaining = remaining
+    self.seconds = 0.0
+    self.done = 0
+
+  def eta(self, steps: int, seconds: float) -> str:
+    self.done += steps
+    self.seconds += seconds
+    left = max(0, self.remaining - self.done) * self.seconds / max(self.done, 1)
+    minutes, secs = divmod(int(left), 60)
+    return f"{minutes}m{secs:02d}s"

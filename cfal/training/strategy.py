@@ -1,0 +1,81 @@
+"""Choosing a tf.distribute strategy from a name and device counts."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+from cfal.errors import UsageError
+
+
+def make_strategy(kind: str = "default", *, gpus: int = 0,
+                  cpu_replicas: int = 0) -> tf.distribute.Strategy:
+  """Returns the strategy for `kind` ("default", "mirrored", "multi_worker").
+
+  `gpus=N` mirrors over the first N GPUs and fails if fewer exist;
+  `cpu_replicas=N` splits the CPU into N logical devices and mirrors over
+  them (this must happen before TensorFlow touches a device, so call this
+  first). "multi_worker" reads the cluster from `$TF_CONFIG`. Devices are
+  never silently swapped for others.
+  """
+  if gpus < 0 or cpu_replicas < 0:
+    raise UsageError("--gpus and --cpu_replicas must be >= 0.")
+  if gpus and cpu_replicas:
+    raise UsageError(f"--gpus={gpus} and --cpu_replicas={cpu_replicas} "
+                     f"contradict each other: pick one.")
+  if kind == "multi_worker":
+    if cpu_replicas or gpus:
+      raise UsageError("--strategy=multi_worker uses every local GPU (or the "
+                       "CPU) of each worker; drop --gpus/--cpu_replicas.")
+    _check_tf_config()
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  if kind not in ("default", "mirrored"):
+    raise UsageError(f"Unknown --strategy={kind!r}; choose default, "
+                     f"mirrored or multi_worker.")
+  if cpu_replicas:
+    _split_cpu(cpu_replicas)
+    return tf.distribute.MirroredStrategy(
+        [f"/cpu:{i}" for i in range(cpu_replicas)])
+  found = tf.config.list_physical_devices("GPU")
+  if gpus:
+    if len(found) < gpus:
+      raise UsageError(f"--gpus={gpus} but TensorFlow sees {len(found)} GPU(s) "
+                       f"on this machine; use --gpus={len(found)} or fewer, or "
+                       f"--cpu_replicas to test mirroring on the CPU.")
+    return tf.distribute.MirroredStrategy(
+        [f"/gpu:{i}" for i in range(gpus)])
+  if kind == "mirrored":
+    return tf.distribute.MirroredStrategy()   # every visible GPU, or the CPU
+  return tf.distribute.get_strategy()
+
+
+def _split_cpu(replicas: int) -> None:
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  wanted = [tf.config.LogicalDeviceConfiguration()] * replicas
+  try:
+    tf.config.set_logical_device_configuration(cpu, wanted)
+  except RuntimeError:
+    have = len(tf.config.list_logical_devices("CPU"))
+    if have < replicas:
+      raise UsageError(f"--cpu_replicas={replicas}: TensorFlow was already "
+                       f"initialised with {have} CPU device(s); choose the "
+                       f"replicas before anything else runs.") from None
+
+
+def _check_tf_config() -> None:
+  raw = os.environ.get("TF_CONFIG")
+  if not raw:
+    raise UsageError("--strategy=multi_worker needs $TF_CONFIG with the "
+                     "cluster and this worker's task (see README).")
+  try:
+    parsed = json.loads(raw)
+    workers = parsed["cluster"]["worker"]
+    task = parsed["task"]
+    if task["type"] != "worker" or not 0 <= int(task["index"]) < len(workers):
+      raise KeyError("task")
+  except (ValueError, KeyError, TypeError):
+    raise UsageError("$TF_CONFIG must be JSON like {\"cluster\": {\"worker\": "
+                     "[\"host:port\", ...]}, \"task\": {\"type\": \"worker\", "
+                     "\"index\": 0}}.") from None
