@@ -269,3 +269,33 @@ def test_folder_dataset_with_tiff_and_a_corrupt_file(tmp_path):
   assert "broken.png" in notes[0]
   assert result.step == 6 and np.isfinite(result.history[-1]["loss"])
   assert result.validation["num_samples"] == 9
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_mixed_precision_trains_with_float32_heads(precision, tmp_path):
+  import keras  # pylint: disable=import-outside-toplevel
+  before = keras.mixed_precision.global_policy().name
+  config = small_config(tmp_path, head="cfal", head_args={"sigma": 16.0},
+                        mixed_precision=precision)
+  result = train(config, echo=lambda _: None)
+  assert all(np.isfinite(h["loss"]) for h in result.history)
+  assert keras.mixed_precision.global_policy().name == before   # restored
+  weights = checkpoint_weights(tmp_path)
+  head = [k for k in weights if k.startswith("head/prototypes")]
+  assert head and weights[head[0]].dtype == np.float32
+
+
+def test_early_stopping_stops_and_keeps_the_best(tmp_path):
+  # A learning rate this small cannot beat the first evaluation by much;
+  # patience 1 stops at the first evaluation that is not better.
+  config = small_config(tmp_path, head="softmax", train_steps=200,
+                        eval_every=10, early_stopping_patience=1)
+  config = dataclasses.replace(config, optimizer=dataclasses.replace(
+      config.optimizer, learning_rate=1e-6, schedule="constant"))
+  lines = []
+  result = train(config, echo=lines.append)
+  assert result.stopped_early and result.step < 200
+  assert any(l.startswith("Stopping early") for l in lines)
+  assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints" / "best"))
+  assert result.best_balanced_accuracy >= result.validation[
+      "balanced_accuracy"]

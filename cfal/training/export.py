@@ -23,6 +23,11 @@ class _Classifier(tf.Module):
     self.head = head
     self.class_names = tf.Variable(list(class_names), trainable=False,
                                    name="class_names")
+    # "cosine" or "euclidean": how the head compares embeddings, for
+    # retrieval metrics on the exported model.
+    self.embedding_metric = tf.Variable(head.embedding_metric,
+                                        trainable=False,
+                                        name="embedding_metric")
     spec = tf.TensorSpec([None, *image_shape], tf.float32, name="images")
     self.embed = tf.function(self._embed, input_signature=[spec],
                              autograph=False)

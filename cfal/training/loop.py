@@ -145,7 +145,19 @@ def _check_run_dir(logdir: pathlib.Path, config: TrainConfig) -> None:
 
 
 def train(config: TrainConfig, *, echo: Printer = print) -> RunResult:
-  """Trains as `config` says; resumes if `config.run.logdir` has a run."""
+  """Trains as `config` says; resumes if `config.run.logdir` has a run.
+
+  The Keras dtype policy that `mixed_precision` needs is set for the run
+  and restored afterwards.
+  """
+  previous = keras.mixed_precision.global_policy()
+  try:
+    return _train(config, echo)
+  finally:
+    keras.mixed_precision.set_global_policy(previous)
+
+
+def _train(config: TrainConfig, echo: Printer) -> RunResult:
   run = config.run
   strategy = make_strategy(run.strategy, gpus=run.gpus,
                            cpu_replicas=run.cpu_replicas)

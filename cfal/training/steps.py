@@ -29,14 +29,16 @@ class Steps:
     strategy: the distribution strategy everything was built under.
     backbone: images -> embeddings (a Keras model, called, never fit).
     head: a `cfal.heads.Head`.
-    optimizer: a built Keras optimizer (a `LossScaleOptimizer` for float16).
+    optimizer: a built Keras optimizer (a `LossScaleOptimizer` for float16);
+      None for evaluation only.
     global_batch_size: examples per step over all replicas.
     mode: "eager", "function" or "xla".
   """
 
   def __init__(self, *, strategy: tf.distribute.Strategy,
                backbone: keras.Model, head: Head,
-               optimizer: keras.optimizers.Optimizer, global_batch_size: int,
+               optimizer: keras.optimizers.Optimizer | None,
+               global_batch_size: int,
                mode: str):
     if mode not in STEP_MODES:
       raise ValueError(f"`mode` ({mode!r}) must be one of "
