@@ -4,11 +4,19 @@
 `ConfusionMatrix(C)` accumulates it across steps and replicas, and
 `classification_report(confusion)` turns the counts into scikit-learn
 compatible scores.
+
+Embedding-space metrics (NumPy, chunked, no [N, N] matrix):
+`compactness_separation(embeddings, labels)` measures class compactness
+around centroids and centroid separation, and
+`retrieval_metrics(embeddings, labels)` gives leave-one-out precision@1,
+R-precision and MAP@R.
 """
 
 from cfal.metrics.classification import (ConfusionMatrix,
                                          classification_report,
                                          confusion_matrix_update)
+from cfal.metrics.embedding import compactness_separation, retrieval_metrics
 
 __all__ = ["ConfusionMatrix", "classification_report",
-           "confusion_matrix_update"]
+           "compactness_separation", "confusion_matrix_update",
+           "retrieval_metrics"]

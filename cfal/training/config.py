@@ -38,6 +38,12 @@ class ModelConfig:
   head: str = "cfal"
   head_args: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+  def identity(self) -> str:
+    """What a checkpoint records so it is never restored into another model
+    (heads can share variable shapes: ArcFace and CFAL both hold [C, D])."""
+    return (f"head={self.head} backbone={self.backbone} "
+            f"embedding_dim={self.embedding_dim}")
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:

@@ -201,9 +201,12 @@ def _train(config: TrainConfig, echo: Printer) -> RunResult:
     optimizer.build(variables)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     best = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best")
+    identity = tf.Variable(config.model.identity(), trainable=False,
+                           name="model_identity")
     checkpoint = tf.train.Checkpoint(backbone=backbone, head=head,
                                      optimizer=optimizer, step=step,
-                                     best_balanced_accuracy=best)
+                                     best_balanced_accuracy=best,
+                                     model_identity=identity)
 
   latest = tf.train.CheckpointManager(checkpoint, logdir / "checkpoints",
                                       max_to_keep=3)

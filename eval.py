@@ -1,0 +1,76 @@
+"""Evaluate a trained run: metrics, embedding metrics and pictures.
+
+    python eval.py --logdir=runs/fashion_mnist-cfal                 # test split, latest checkpoint
+    python eval.py --logdir=runs/fashion_mnist-cfal --checkpoint=best --split=validation
+    python eval.py --logdir=runs/fashion_mnist-cfal --saved_model=runs/fashion_mnist-cfal/export
+    python eval.py --compare=runs/fashion_mnist-cfal,runs/fashion_mnist-softmax
+
+Results go to <logdir>/eval/<split>/: report.json, report.md,
+predictions.npz, confusion_matrix.png, embeddings.png, projector files and
+TensorBoard image summaries. --compare prints one markdown table of runs
+already evaluated.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("logdir", None, "Run directory written by train.py.")
+flags.DEFINE_enum("split", "test", ["test", "validation"], "Which split.")
+flags.DEFINE_string("checkpoint", "latest", "latest, best, or a checkpoint "
+                    "path.")
+flags.DEFINE_string("saved_model", None, "Evaluate this exported SavedModel "
+                    "(the data comes from --logdir's config).")
+flags.DEFINE_list("compare", None, "Run directories to tabulate side by side "
+                  "(each evaluated already).")
+flags.DEFINE_integer("batch_size", 256, "Global eval batch size.")
+flags.DEFINE_integer("gpus", 0, "Mirror over this many GPUs.")
+flags.DEFINE_integer("cpu_replicas", 0, "Mirror over N logical CPUs.")
+flags.DEFINE_string("output_dir", None, "Where to write (default "
+                    "<logdir>/eval/<split>).")
+flags.DEFINE_bool("verbose", False, "Show tracebacks for errors.")
+
+
+def main(argv) -> int:
+  if len(argv) > 1:
+    print(f"eval.py: unexpected arguments {' '.join(argv[1:])}; flags are "
+          f"--name=value.", file=sys.stderr)
+    return 2
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  logging.set_verbosity(logging.WARNING)
+  from cfal.data.errors import DataError  # pylint: disable=import-outside-toplevel
+  from cfal.errors import UsageError  # pylint: disable=import-outside-toplevel
+  try:
+    from cfal import evaluation  # pylint: disable=import-outside-toplevel
+    if FLAGS.compare:
+      print(evaluation.compare_runs(FLAGS.compare, FLAGS.split))
+      return 0
+    if not FLAGS.logdir:
+      raise UsageError("Pass --logdir=RUN (the run directory train.py "
+                       "wrote), or --compare=RUN1,RUN2.")
+    if FLAGS.batch_size < 1:
+      raise UsageError(f"--batch_size ({FLAGS.batch_size}) must be >= 1.")
+    evaluation.evaluate_run(evaluation.EvalConfig(
+        logdir=FLAGS.logdir, split=FLAGS.split, checkpoint=FLAGS.checkpoint,
+        saved_model=FLAGS.saved_model, batch_size=FLAGS.batch_size,
+        gpus=FLAGS.gpus, cpu_replicas=FLAGS.cpu_replicas,
+        output_dir=FLAGS.output_dir))
+  except UsageError as error:
+    if FLAGS.verbose:
+      raise
+    print(f"eval.py: {error}", file=sys.stderr)
+    return 2
+  except DataError as error:
+    if FLAGS.verbose:
+      raise
+    print(f"eval.py: {error}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(lambda argv: sys.exit(main(argv)))

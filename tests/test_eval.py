@@ -1,0 +1,132 @@
+"""eval.py and cfal.evaluation on short real runs."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cfal import evaluation
+from cfal.errors import UsageError
+from cfal.training.loop import train
+from training_utils import small_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """Two short trained runs with different heads."""
+  base = tmp_path_factory.mktemp("runs")
+  made = {}
+  for head, args in (("arcface", {"scale": 16.0}), ("cfal", {"sigma": 16.0})):
+    config = small_config(base / head, head=head, head_args=args,
+                          train_steps=20)
+    train(config, echo=lambda _: None)
+    made[head] = base / head
+  return made
+
+
+def test_evaluation_writes_every_output(runs):
+  lines = []
+  report = evaluation.evaluate_run(
+      evaluation.EvalConfig(logdir=str(runs["arcface"]), split="test"),
+      echo=lines.append)
+  out = runs["arcface"] / "eval" / "test"
+  saved = json.loads((out / "report.json").read_text())
+  assert saved["num_samples"] == 10_000 and saved["head"] == "arcface"
+  for key in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1",
+              "mcc", "cohen_kappa", "per_class", "confusion_matrix",
+              "embedding"):
+    assert key in saved, key
+  assert saved["embedding_metric"] == "cosine"
+  assert saved["per_class"]["Trouser"]["support"] == 1000
+  assert np.sum(saved["confusion_matrix"]) == 10_000
+  assert report["accuracy"] == pytest.approx(saved["accuracy"])
+  md = (out / "report.md").read_text()
+  assert "| Ankle boot |" in md and "balanced acc." in md
+  npz = np.load(out / "predictions.npz")
+  assert npz["embeddings"].shape == (10_000, 16)
+  assert npz["scores"].shape == (10_000, 10)
+  np.testing.assert_array_equal(npz["scores"].argmax(1), npz["predictions"])
+  assert np.mean(npz["predictions"] == npz["labels"]) == pytest.approx(
+      saved["accuracy"])
+  for name in ("confusion_matrix.png", "embeddings.png"):
+    image = tf.io.decode_png((out / name).read_bytes())
+    assert image.shape[0] > 300 and image.shape[1] > 300
+  assert (out / "projector_config.pbtxt").exists()
+  assert list(out.glob("events.out.tfevents.*"))
+  printed = "\n".join(lines)
+  assert "balanced acc." in printed and "Ankle boot" in printed
+
+
+def test_saved_model_gives_the_checkpoints_predictions(runs, tmp_path):
+  run = runs["cfal"]
+  from_checkpoint = evaluation.evaluate_run(
+      evaluation.EvalConfig(logdir=str(run), split="validation",
+                            output_dir=str(tmp_path / "a")),
+      echo=lambda _: None)
+  from_export = evaluation.evaluate_run(
+      evaluation.EvalConfig(logdir=str(run), split="validation",
+                            saved_model=str(run / "export"),
+                            output_dir=str(tmp_path / "b")),
+      echo=lambda _: None)
+  a = np.load(tmp_path / "a" / "predictions.npz")
+  b = np.load(tmp_path / "b" / "predictions.npz")
+  np.testing.assert_array_equal(a["predictions"], b["predictions"])
+  np.testing.assert_allclose(a["embeddings"], b["embeddings"], rtol=1e-5,
+                             atol=1e-6)
+  assert from_export["embedding_metric"] == "euclidean"
+  assert from_checkpoint["accuracy"] == from_export["accuracy"]
+
+
+def test_compare_tabulates_runs(runs):
+  for run in runs.values():
+    evaluation.evaluate_run(
+        evaluation.EvalConfig(logdir=str(run), split="validation"),
+        echo=lambda _: None)
+  table = evaluation.compare_runs([str(r) for r in runs.values()],
+                                  "validation").splitlines()
+  assert len(table) == 4 and "balanced acc." in table[0]
+  assert "| arcface |" in table[2] and "| cfal |" in table[3]
+
+
+def _one_line_usage_error(fn) -> str:
+  with pytest.raises(UsageError) as error:
+    fn()
+  message = str(error.value)
+  assert "\n" not in message
+  return message
+
+
+def test_bad_run_directories_are_one_line_errors(runs, tmp_path):
+  evaluate = lambda logdir, **kw: evaluation.evaluate_run(  # noqa: E731
+      evaluation.EvalConfig(logdir=str(logdir), **kw), echo=lambda _: None)
+  assert "does not exist" in _one_line_usage_error(
+      lambda: evaluate(tmp_path / "missing"))
+  (tmp_path / "empty").mkdir()
+  assert "empty" in _one_line_usage_error(lambda: evaluate(tmp_path / "empty"))
+  no_ckpt = tmp_path / "no_ckpt"
+  no_ckpt.mkdir()
+  shutil.copy(runs["arcface"] / "config.json", no_ckpt / "config.json")
+  assert "no latest checkpoint" in _one_line_usage_error(
+      lambda: evaluate(no_ckpt))
+  other = tf.train.latest_checkpoint(str(runs["cfal"] / "checkpoints"))
+  message = _one_line_usage_error(
+      lambda: evaluate(runs["arcface"], checkpoint=other))
+  assert "head=cfal" in message and "head=arcface" in message
+
+
+def test_eval_py_missing_run_exits_2_with_one_line(tmp_path):
+  done = subprocess.run(
+      [sys.executable, str(ROOT / "eval.py"), f"--logdir={tmp_path}/nope"],
+      capture_output=True, text=True, timeout=300)
+  assert done.returncode == 2
+  lines = done.stderr.strip().splitlines()
+  assert len(lines) == 1 and "does not exist" in lines[0], done.stderr
