@@ -154,6 +154,13 @@ def check_flags() -> None:
   for name in ("train_steps", "eval_every"):
     if FLAGS[name].value is not None and FLAGS[name].value < 1:
       raise_usage(f"--{name} ({FLAGS[name].value}) must be >= 1.")
+  if not 0.0 < FLAGS.validation_split < 1.0:
+    raise_usage(f"--validation_split ({FLAGS.validation_split}) must be in "
+                f"(0, 1): validation drives the best checkpoint and early "
+                f"stopping.")
+  if not FLAGS.imbalance_ratio >= 1.0:
+    raise_usage(f"--imbalance_ratio ({FLAGS.imbalance_ratio}) must be >= 1 "
+                f"(1 keeps the data balanced).")
   if FLAGS.epochs <= 0:
     raise_usage(f"--epochs ({FLAGS.epochs}) must be > 0.")
   if FLAGS.learning_rate <= 0:

@@ -17,6 +17,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 import cfal.heads
+from cfal.errors import UsageError
 from cfal.training.loop import train
 from training_utils import checkpoint_weights, replace_run, small_config
 
@@ -299,3 +300,31 @@ def test_early_stopping_stops_and_keeps_the_best(tmp_path):
   assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints" / "best"))
   assert result.best_balanced_accuracy >= result.validation[
       "balanced_accuracy"]
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--dataset=imagenet"], "Unknown dataset"),
+    (["--validation_split=0"], "--validation_split"),
+    (["--imbalance_ratio=0.5"], "--imbalance_ratio"),
+    (["--cpu_replicas=3"], "divisible"),
+    (["--cpu_replicas=2", "--step_mode=xla"], "--step_mode=xla"),
+    (["--gpus=1", "--cpu_replicas=2"], "contradict"),
+    (["--head=nope"], "Unknown --head"),
+])
+def test_bad_flags_are_one_line_usage_errors(flags, fragment, tmp_path):
+  done = _train_py(*flags, f"--logdir={tmp_path / 'run'}", "--train_steps=2")
+  lines = done.stderr.strip().splitlines()
+  assert done.returncode == 2, done.stderr[-1500:]
+  assert len(lines) == 1 and fragment in lines[0], lines
+
+
+def test_resuming_with_other_data_flags_is_refused(tmp_path):
+  config = small_config(tmp_path, train_steps=10)
+  train(config, echo=lambda _: None)
+  other = dataclasses.replace(config, data=dataclasses.replace(
+      config.data, seed=1))
+  with pytest.raises(UsageError, match="seed=0, not 1"):
+    train(other, echo=lambda _: None)
+  bigger = replace_run(config, batch_size=64)
+  with pytest.raises(UsageError, match="--batch_size=32, not 64"):
+    train(bigger, echo=lambda _: None)

@@ -82,10 +82,13 @@ def _augment(images: tf.Tensor, positions: tf.Tensor, seed: int,
   def one(args):
     image, position = args
     key = tf.stack([tf.constant(seed, tf.int64), position])
-    image = tf.image.stateless_random_flip_left_right(image, seed=key)
+    # Fold in a constant per transform: key + k would shift seed and
+    # position together and correlate runs with neighbouring seeds.
+    fold = lambda k: tf.random.experimental.stateless_fold_in(key, k)  # noqa: E731
+    image = tf.image.stateless_random_flip_left_right(image, seed=fold(0))
     if kind == "flip_rotate":
-      image = tf.image.stateless_random_flip_up_down(image, seed=key + 1)
-      turns = tf.random.stateless_uniform([], seed=key + 2, maxval=4,
+      image = tf.image.stateless_random_flip_up_down(image, seed=fold(1))
+      turns = tf.random.stateless_uniform([], seed=fold(2), maxval=4,
                                           dtype=tf.int32)
       image = tf.image.rot90(image, turns)
     return image

@@ -49,15 +49,24 @@ class RunResult:
   is_chief: bool = True
 
 
-def resolve_step_mode(mode: str) -> str:
-  """`auto` -> what the benchmarks found fastest on the devices present.
+def resolve_step_mode(mode: str, strategy: tf.distribute.Strategy) -> str:
+  """`auto` -> what was measured fastest on the devices present.
 
-  On CPU, XLA made conv train steps about 2x slower than plain tf.function
-  (bench/); on GPUs XLA usually wins.
+  On CPU, XLA made conv train steps about 2x slower than plain tf.function;
+  on a GPU XLA usually wins. With several replicas the synchronized
+  BatchNorm all-reduces inside the compiled forward pass, which XLA can
+  only compile when every replica is a GPU; `auto` then stays with
+  `function`, and an explicit `xla` over CPU replicas is refused.
   """
-  if mode != "auto":
-    return mode
-  return "xla" if tf.config.list_physical_devices("GPU") else "function"
+  replicas = strategy.num_replicas_in_sync
+  gpus = bool(tf.config.list_physical_devices("GPU"))
+  if mode == "auto":
+    return "xla" if gpus and replicas == 1 else "function"
+  if mode == "xla" and replicas > 1 and not gpus:
+    raise UsageError(f"--step_mode=xla cannot compile the cross-replica "
+                     f"BatchNorm of {replicas} CPU replicas; use "
+                     f"--step_mode=function (or auto).")
+  return mode
 
 
 def build_head(config: TrainConfig, class_counts: np.ndarray,
@@ -139,9 +148,21 @@ def _check_run_dir(logdir: pathlib.Path, config: TrainConfig) -> None:
     if a != b:
       raise UsageError(f"{logdir} holds a run with {field}={a}, not {b}: "
                        f"use a new --logdir or the same {field}.")
-  if old.data.name != config.data.name:
-    raise UsageError(f"{logdir} holds a run on {old.data.name}, not "
-                     f"{config.data.name}: use a new --logdir.")
+  # The split, the long tail and the data order depend on these; changing
+  # them on resume would mix validation examples into training.
+  old_data = dataclasses.replace(old.data, data_dir=None)
+  new_data = dataclasses.replace(config.data, data_dir=None)
+  for field in dataclasses.fields(old_data):
+    a, b = getattr(old_data, field.name), getattr(new_data, field.name)
+    if a != b:
+      raise UsageError(f"{logdir} was trained with {field.name}={a}, not {b}:"
+                       f" resume with the same data flags or use a new "
+                       f"--logdir.")
+  for field in ("seed", "batch_size", "mixed_precision"):
+    a, b = getattr(old.run, field), getattr(config.run, field)
+    if a != b:
+      raise UsageError(f"{logdir} was trained with --{field}={a}, not {b}: "
+                       f"resume with the same value or use a new --logdir.")
 
 
 def train(config: TrainConfig, *, echo: Printer = print) -> RunResult:
@@ -161,7 +182,10 @@ def _train(config: TrainConfig, echo: Printer) -> RunResult:
   run = config.run
   strategy = make_strategy(run.strategy, gpus=run.gpus,
                            cpu_replicas=run.cpu_replicas)
-  mode = resolve_step_mode(run.step_mode)
+  mode = resolve_step_mode(run.step_mode, strategy)
+  if run.batch_size % strategy.num_replicas_in_sync:
+    raise UsageError(f"--batch_size={run.batch_size} must be divisible by the "
+                     f"{strategy.num_replicas_in_sync} replicas.")
   logdir = pathlib.Path(run.logdir)
   chief = is_chief(strategy)
   if not chief:
@@ -176,15 +200,31 @@ def _train(config: TrainConfig, echo: Printer) -> RunResult:
   if run.mixed_precision != "float32":
     keras.mixed_precision.set_global_policy(f"mixed_{run.mixed_precision}")
 
-  data = datasets.load_data(config.data)
+  try:
+    data = datasets.load_data(config.data)
+  except ValueError as error:
+    if isinstance(error, datasets.DataError):
+      raise
+    raise UsageError(str(error)) from None
   for note in data.notes:
     echo(f"note: {note}")
+  if len(data.train_indices) < run.batch_size:
+    raise UsageError(f"The training set has {len(data.train_indices)} "
+                     f"examples, fewer than --batch_size={run.batch_size}; "
+                     f"use a smaller batch.")
+  if len(data.validation_indices) == 0:
+    raise UsageError("The validation split is empty; use a "
+                     "--validation_split that keeps at least one example.")
   per_epoch = pipeline.steps_per_epoch(len(data.train_indices),
                                        run.batch_size)
   total_steps = run.train_steps or max(1, math.ceil(run.epochs * per_epoch))
   eval_every = run.eval_every or per_epoch
   counts = data.class_counts
 
+  # A plain record, made outside the strategy scope: multi-worker
+  # collectives cannot broadcast a string variable's initial value.
+  identity = tf.Variable(config.model.identity(), trainable=False,
+                         name="model_identity")
   with strategy.scope():
     keras.utils.set_random_seed(run.seed)
     try:
@@ -201,8 +241,6 @@ def _train(config: TrainConfig, echo: Printer) -> RunResult:
     optimizer.build(variables)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     best = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best")
-    identity = tf.Variable(config.model.identity(), trainable=False,
-                           name="model_identity")
     checkpoint = tf.train.Checkpoint(backbone=backbone, head=head,
                                      optimizer=optimizer, step=step,
                                      best_balanced_accuracy=best,
@@ -213,7 +251,14 @@ def _train(config: TrainConfig, echo: Printer) -> RunResult:
   best_manager = tf.train.CheckpointManager(
       checkpoint, logdir / "checkpoints" / "best", max_to_keep=1)
   if latest.latest_checkpoint:
-    checkpoint.restore(latest.latest_checkpoint).assert_existing_objects_matched()
+    try:
+      checkpoint.restore(
+          latest.latest_checkpoint).assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+      first = str(error).strip().splitlines()[0][:160]
+      raise UsageError(f"Cannot resume {logdir} from "
+                       f"{latest.latest_checkpoint} with these flags: {first}"
+                       f" (use the run's own flags or a new --logdir).") from None
     echo(f"Resuming {logdir} at step {int(step.numpy())}.")
   logdir.mkdir(parents=True, exist_ok=True)
   (logdir / "config.json").write_text(config.to_json())
@@ -264,6 +309,11 @@ def _train(config: TrainConfig, echo: Printer) -> RunResult:
          f"loss {loss:.4f}  accuracy {accuracy:.3f}  {rate:.0f} examples/s  "
          f"ETA {timer.eta(n, seconds)}")
 
+    # Checkpoint before evaluating: a failure in evaluation never costs
+    # the steps since the last checkpoint.
+    saved = current % run.checkpoint_every < n or current == total_steps
+    if saved:
+      latest.save(checkpoint_number=current)
     if current % eval_every < n or current == total_steps:
       last_eval = evaluate(steps, validation(), data, run)
       _write_eval(writers, logdir, last_eval, data, config, head, current)
@@ -274,13 +324,14 @@ def _train(config: TrainConfig, echo: Printer) -> RunResult:
       if score > float(best.numpy()):
         best.assign(score)
         best_manager.save(checkpoint_number=current)
+        if saved:   # keep the recorded best score in step with best/
+          latest.save(checkpoint_number=current)
         patience_left = run.early_stopping_patience
       elif run.early_stopping_patience:
         patience_left -= 1
         if patience_left <= 0:
           stopped_early = True
-    if current % run.checkpoint_every < n or current == total_steps or (
-        stopped_early):
+    if stopped_early and not saved:
       latest.save(checkpoint_number=current)
     writers.flush()
     if stopped_early:
@@ -288,8 +339,13 @@ def _train(config: TrainConfig, echo: Printer) -> RunResult:
            f"{run.early_stopping_patience} evaluations.")
       break
 
-  if not latest.latest_checkpoint or int(step.numpy()) != current:
+  if not latest.latest_checkpoint:
     latest.save(checkpoint_number=current)
+  if stopped_early and best_manager.latest_checkpoint:
+    # Early stopping ran past the best model by `patience` evaluations:
+    # export the best one (the latest checkpoint keeps the last state).
+    checkpoint.read(best_manager.latest_checkpoint).expect_partial()
+    echo(f"Exporting the best model, {best_manager.latest_checkpoint}.")
   export_path = export.export_saved_model(
       logdir / "export", backbone=backbone, head=head,
       image_shape=data.image_shape, class_names=data.class_names)
@@ -350,7 +406,9 @@ def evaluate(steps: Steps, dataset: tf.data.Dataset,
         kept_labels.append(lab.numpy())
         kept += int(lab.shape[0])
   report = classification_report(confusion, data.class_names)
-  report["loss"] = loss_sum / max(count, 1)
+  # The confusion matrix is summed over every replica of every worker;
+  # `count` only over this worker's.
+  report["loss"] = loss_sum / max(int(confusion.sum()), 1)
   return {"report": report, "confusion": confusion,
           "embeddings": np.concatenate(kept_embeddings)[:run.projector_points],
           "labels": np.concatenate(kept_labels)[:run.projector_points]}

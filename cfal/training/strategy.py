@@ -71,11 +71,13 @@ def _check_tf_config() -> None:
                      "cluster and this worker's task (see README).")
   try:
     parsed = json.loads(raw)
-    workers = parsed["cluster"]["worker"]
-    task = parsed["task"]
-    if task["type"] != "worker" or not 0 <= int(task["index"]) < len(workers):
+    cluster, task = parsed["cluster"], parsed["task"]
+    hosts = cluster[task["type"]]
+    if task["type"] not in ("chief", "worker") or not (
+        0 <= int(task["index"]) < len(hosts)):
       raise KeyError("task")
   except (ValueError, KeyError, TypeError):
     raise UsageError("$TF_CONFIG must be JSON like {\"cluster\": {\"worker\": "
                      "[\"host:port\", ...]}, \"task\": {\"type\": \"worker\", "
-                     "\"index\": 0}}.") from None
+                     "\"index\": 0}} (a \"chief\" list and task type are "
+                     "accepted too).") from None
