@@ -31,7 +31,15 @@ HEAD_ARGS = {
 }
 
 
-@pytest.mark.parametrize("head", sorted(cfal.heads.HEADS))
+# One head per family runs by default (affinity, angular margin, manual
+# update); the rest are `slow` (make test-slow). The conformance suite
+# trains every head under strategies on a tiny network in the default run.
+DEFAULT_HEADS = ("cfal", "arcface", "center_loss")
+
+
+@pytest.mark.parametrize("head", [
+    h if h in DEFAULT_HEADS else pytest.param(h, marks=pytest.mark.slow)
+    for h in sorted(cfal.heads.HEADS)])
 def test_every_head_trains_and_its_loss_goes_down(head, tmp_path):
   config = small_config(tmp_path, head=head, head_args=HEAD_ARGS.get(head),
                         train_steps=40, eval_every=40)
@@ -272,7 +280,8 @@ def test_folder_dataset_with_tiff_and_a_corrupt_file(tmp_path):
   assert result.validation["num_samples"] == 9
 
 
-@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+@pytest.mark.parametrize("precision", [
+    "bfloat16", pytest.param("float16", marks=pytest.mark.slow)])
 def test_mixed_precision_trains_with_float32_heads(precision, tmp_path):
   import keras  # pylint: disable=import-outside-toplevel
   before = keras.mixed_precision.global_policy().name
