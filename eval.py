@@ -42,13 +42,14 @@ def main(argv) -> int:
     return 2
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.set_verbosity(logging.WARNING)
-  from cfal.data.errors import DataError  # pylint: disable=import-outside-toplevel
+  from cfal import cli  # pylint: disable=import-outside-toplevel
   from cfal.errors import UsageError  # pylint: disable=import-outside-toplevel
-  try:
+
+  def body():
     from cfal import evaluation  # pylint: disable=import-outside-toplevel
     if FLAGS.compare:
       print(evaluation.compare_runs(FLAGS.compare, FLAGS.split))
-      return 0
+      return
     if not FLAGS.logdir:
       raise UsageError("Pass --logdir=RUN (the run directory train.py "
                        "wrote), or --compare=RUN1,RUN2.")
@@ -59,17 +60,8 @@ def main(argv) -> int:
         saved_model=FLAGS.saved_model, batch_size=FLAGS.batch_size,
         gpus=FLAGS.gpus, cpu_replicas=FLAGS.cpu_replicas,
         output_dir=FLAGS.output_dir))
-  except UsageError as error:
-    if FLAGS.verbose:
-      raise
-    print(f"eval.py: {error}", file=sys.stderr)
-    return 2
-  except DataError as error:
-    if FLAGS.verbose:
-      raise
-    print(f"eval.py: {error}", file=sys.stderr)
-    return 1
-  return 0
+
+  return cli.run("eval.py", body, verbose=FLAGS.verbose)
 
 
 if __name__ == "__main__":

@@ -181,23 +181,14 @@ def main(argv) -> int:
   # TensorFlow's savers log routine INFO lines through absl; keep the
   # terminal for the progress lines.
   logging.set_verbosity(logging.WARNING)
-  from cfal.data.errors import DataError  # pylint: disable=import-outside-toplevel
-  from cfal.errors import UsageError  # pylint: disable=import-outside-toplevel
-  try:
+  from cfal import cli  # pylint: disable=import-outside-toplevel
+
+  def body():
     check_flags()
     from cfal.training.loop import train  # pylint: disable=import-outside-toplevel
     train(config_from_flags())
-  except UsageError as error:
-    if FLAGS.verbose:
-      raise
-    print(f"train.py: {error}", file=sys.stderr)
-    return 2
-  except DataError as error:
-    if FLAGS.verbose:
-      raise
-    print(f"train.py: {error}", file=sys.stderr)
-    return 1
-  return 0
+
+  return cli.run("train.py", body, verbose=FLAGS.verbose)
 
 
 if __name__ == "__main__":

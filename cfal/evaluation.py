@@ -16,7 +16,6 @@ import math
 import pathlib
 from typing import Callable, Sequence
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -26,7 +25,7 @@ from cfal.errors import UsageError
 from cfal.metrics.classification import classification_report
 from cfal.metrics.embedding import compactness_separation, retrieval_metrics
 from cfal.training import summaries
-from cfal.training.config import TrainConfig
+from cfal.training.config import TrainConfig, dtype_policy
 from cfal.training.loop import backbone_options, build_head
 from cfal.training.steps import Steps
 from cfal.training.strategy import make_strategy
@@ -105,11 +104,9 @@ def _split(data: datasets.DataBundle, split: str):
 
 def evaluate_run(config: EvalConfig, *, echo: Printer = print) -> dict:
   """Evaluates one run; returns the report (also written to disk)."""
-  previous = keras.mixed_precision.global_policy()
-  try:
+  run = load_run_config(config.logdir)
+  with dtype_policy(run.run.mixed_precision):
     return _evaluate_run(config, echo)
-  finally:
-    keras.mixed_precision.set_global_policy(previous)
 
 
 def _evaluate_run(config: EvalConfig, echo: Printer) -> dict:
@@ -157,8 +154,6 @@ def _evaluate_run(config: EvalConfig, echo: Printer) -> dict:
 
 def _run_checkpoint(run, logdir, config, data, strategy, dataset):
   path = _checkpoint_path(logdir, config.checkpoint)
-  if run.run.mixed_precision != "float32":
-    keras.mixed_precision.set_global_policy(f"mixed_{run.run.mixed_precision}")
   with strategy.scope():
     backbone = cfal.backbones.build_backbone(
         run.model.backbone, input_shape=data.image_shape,

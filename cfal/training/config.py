@@ -6,10 +6,11 @@ The library never reads flags. A run's `TrainConfig` is written to
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
-from typing import Any
+from typing import Any, Iterator
 
 from cfal.data.datasets import DataConfig
 
@@ -118,3 +119,20 @@ class TrainConfig:
   @classmethod
   def load(cls, logdir: str | pathlib.Path) -> "TrainConfig":
     return cls.from_json((pathlib.Path(logdir) / "config.json").read_text())
+
+
+@contextlib.contextmanager
+def dtype_policy(precision: str) -> Iterator[None]:
+  """Sets Keras's global dtype policy for `precision`, restoring it after.
+
+  The backbone follows the policy ("mixed_bfloat16", "mixed_float16"); the
+  heads always compute in float32.
+  """
+  import keras  # pylint: disable=import-outside-toplevel
+  previous = keras.mixed_precision.global_policy()
+  if precision != "float32":
+    keras.mixed_precision.set_global_policy(f"mixed_{precision}")
+  try:
+    yield
+  finally:
+    keras.mixed_precision.set_global_policy(previous)

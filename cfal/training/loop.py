@@ -28,7 +28,7 @@ from cfal.data import datasets, pipeline
 from cfal.errors import UsageError
 from cfal.metrics.classification import classification_report
 from cfal.training import export, summaries
-from cfal.training.config import TrainConfig
+from cfal.training.config import TrainConfig, dtype_policy
 from cfal.training.steps import Steps
 from cfal.training.strategy import make_strategy
 
@@ -171,11 +171,8 @@ def train(config: TrainConfig, *, echo: Printer = print) -> RunResult:
   The Keras dtype policy that `mixed_precision` needs is set for the run
   and restored afterwards.
   """
-  previous = keras.mixed_precision.global_policy()
-  try:
+  with dtype_policy(config.run.mixed_precision):
     return _train(config, echo)
-  finally:
-    keras.mixed_precision.set_global_policy(previous)
 
 
 def _train(config: TrainConfig, echo: Printer) -> RunResult:
@@ -197,8 +194,6 @@ def _train(config: TrainConfig, echo: Printer) -> RunResult:
       shutil.copytree(logdir / "checkpoints", scratch / "checkpoints")
     logdir = scratch
   _check_run_dir(logdir, config)
-  if run.mixed_precision != "float32":
-    keras.mixed_precision.set_global_policy(f"mixed_{run.mixed_precision}")
 
   try:
     data = datasets.load_data(config.data)
