@@ -13,10 +13,9 @@ already evaluated.
 
 from __future__ import annotations
 
-import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("logdir", None, "Run directory written by train.py.")
@@ -36,12 +35,6 @@ flags.DEFINE_bool("verbose", False, "Show tracebacks for errors.")
 
 
 def main(argv) -> int:
-  if len(argv) > 1:
-    print(f"eval.py: unexpected arguments {' '.join(argv[1:])}; flags are "
-          f"--name=value.", file=sys.stderr)
-    return 2
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  logging.set_verbosity(logging.WARNING)
   from cfal import cli  # pylint: disable=import-outside-toplevel
   from cfal.errors import UsageError  # pylint: disable=import-outside-toplevel
 
@@ -61,7 +54,7 @@ def main(argv) -> int:
         gpus=FLAGS.gpus, cpu_replicas=FLAGS.cpu_replicas,
         output_dir=FLAGS.output_dir))
 
-  return cli.run("eval.py", body, verbose=FLAGS.verbose)
+  return cli.run("eval.py", argv, body, verbose=FLAGS.verbose)
 
 
 if __name__ == "__main__":

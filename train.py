@@ -18,7 +18,7 @@ import os
 import re
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 FLAGS = flags.FLAGS
 
@@ -173,14 +173,6 @@ def raise_usage(message: str) -> None:
 
 
 def main(argv) -> int:
-  if len(argv) > 1:
-    print(f"train.py: unexpected arguments {' '.join(argv[1:])}; flags are "
-          f"--name=value.", file=sys.stderr)
-    return 2
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  # TensorFlow's savers log routine INFO lines through absl; keep the
-  # terminal for the progress lines.
-  logging.set_verbosity(logging.WARNING)
   from cfal import cli  # pylint: disable=import-outside-toplevel
 
   def body():
@@ -188,7 +180,7 @@ def main(argv) -> int:
     from cfal.training.loop import train  # pylint: disable=import-outside-toplevel
     train(config_from_flags())
 
-  return cli.run("train.py", body, verbose=FLAGS.verbose)
+  return cli.run("train.py", argv, body, verbose=FLAGS.verbose)
 
 
 if __name__ == "__main__":

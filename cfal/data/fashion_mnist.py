@@ -19,7 +19,7 @@ from http.client import HTTPException
 import numpy as np
 
 from cfal.data.errors import DataError
-from cfal.data.idx import read_idx
+from cfal.data.idx import check_image_split, read_idx
 from cfal.data.search import find_file, unique_dirs
 
 __all__ = ["FASHION_MNIST_CLASSES", "load_fashion_mnist"]
@@ -150,22 +150,5 @@ def load_fashion_mnist(
         f"download=True, or fetch them from {BASE_URL} into --data_dir "
         f"(or ${ENV_VAR})")
   images_path, labels_path = found
-  images = read_idx(images_path)
-  labels = read_idx(labels_path)
-  if images.dtype != np.uint8 or images.shape[1:] != (28, 28):
-    raise DataError(
-        f"{images_path}: expected uint8 images of shape [N, 28, 28], got "
-        f"{images.dtype.name} {list(images.shape)}")
-  if labels.dtype != np.uint8 or labels.ndim != 1:
-    raise DataError(
-        f"{labels_path}: expected uint8 labels of shape [N], got "
-        f"{labels.dtype.name} {list(labels.shape)}")
-  if labels.shape[0] != images.shape[0]:
-    raise DataError(
-        f"{labels_path}: {labels.shape[0]} labels for {images.shape[0]} "
-        f"images in {images_path}")
-  if labels.size and labels.max() >= _NUM_CLASSES:
-    raise DataError(
-        f"{labels_path}: label {int(labels.max())} out of range "
-        f"0..{_NUM_CLASSES - 1}")
-  return images, labels.astype(np.int32)
+  return check_image_split(read_idx(images_path), read_idx(labels_path),
+                           images_path, labels_path, _NUM_CLASSES)

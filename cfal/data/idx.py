@@ -91,3 +91,32 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         f"{dtype.name} need {expected} bytes, found {actual})")
   array = np.frombuffer(data, dtype, math.prod(dims), offset=header_len)
   return array.reshape(dims).astype(dtype.newbyteorder("="), copy=True)
+
+
+def check_image_split(images: np.ndarray, labels: np.ndarray,
+                      images_where: str, labels_where: str,
+                      num_classes: int = 10,
+                      ) -> tuple[np.ndarray, np.ndarray]:
+  """Validates a 28x28 digit-style split: uint8 images, labels in [0, C).
+
+  Returns the images and the labels as int32; any problem is one
+  `DataError` line naming the file.
+  """
+  if images.dtype != np.uint8 or images.shape[1:] != (28, 28):
+    raise DataError(
+        f"{images_where}: expected uint8 images of shape [N, 28, 28], got "
+        f"{images.dtype.name} {list(images.shape)}")
+  if labels.dtype.kind not in "iu" or labels.ndim != 1:
+    raise DataError(
+        f"{labels_where}: expected integer labels of shape [N], got "
+        f"{labels.dtype.name} {list(labels.shape)}")
+  if labels.shape[0] != images.shape[0]:
+    raise DataError(
+        f"{labels_where}: {labels.shape[0]} labels for {images.shape[0]} "
+        f"images in {images_where}")
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    bad = labels.min() if labels.min() < 0 else labels.max()
+    raise DataError(
+        f"{labels_where}: label {int(bad)} out of range "
+        f"0..{num_classes - 1}")
+  return images, labels.astype(np.int32)

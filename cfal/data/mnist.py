@@ -30,7 +30,7 @@ import zlib
 import numpy as np
 
 from cfal.data.errors import DataError
-from cfal.data.idx import read_idx
+from cfal.data.idx import check_image_split, read_idx
 from cfal.data.search import find_file, unique_dirs
 
 __all__ = ["IDX_FILES", "NPZ_NAME", "default_cache_dir", "load_mnist"]
@@ -47,7 +47,6 @@ IDX_FILES: dict[str, tuple[str, str]] = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 _NPZ_KEYS = {"train": ("x_train", "y_train"), "test": ("x_test", "y_test")}
-_NUM_CLASSES = 10
 
 # SHA-256 of the 784 bytes of the first image of each official
 # Fashion-MNIST split (an ankle boot in both): files with MNIST's names that
@@ -76,33 +75,10 @@ def _one_line(e: BaseException) -> str:
   return " ".join(str(e).split()) or type(e).__name__
 
 
-def _check(images: np.ndarray, labels: np.ndarray, images_where: str,
-           labels_where: str) -> tuple[np.ndarray, np.ndarray]:
-  """Validates one split and returns it as uint8 images, int32 labels."""
-  if images.dtype != np.uint8 or images.shape[1:] != (28, 28):
-    raise DataError(
-        f"{images_where}: expected uint8 images of shape [N, 28, 28], got "
-        f"{images.dtype.name} {list(images.shape)}")
-  if labels.dtype.kind not in "iu" or labels.ndim != 1:
-    raise DataError(
-        f"{labels_where}: expected integer labels of shape [N], got "
-        f"{labels.dtype.name} {list(labels.shape)}")
-  if labels.shape[0] != images.shape[0]:
-    raise DataError(
-        f"{labels_where}: {labels.shape[0]} labels for {images.shape[0]} "
-        f"images in {images_where}")
-  if labels.size and (labels.min() < 0 or labels.max() >= _NUM_CLASSES):
-    bad = labels.min() if labels.min() < 0 else labels.max()
-    raise DataError(
-        f"{labels_where}: label {int(bad)} out of range "
-        f"0..{_NUM_CLASSES - 1}")
-  return images, labels.astype(np.int32)
-
-
 def _read_idx_split(images_path: str,
                     labels_path: str) -> tuple[np.ndarray, np.ndarray]:
   """Reads and validates a split stored as two IDX files."""
-  return _check(read_idx(images_path), read_idx(labels_path), images_path,
+  return check_image_split(read_idx(images_path), read_idx(labels_path), images_path,
                 labels_path)
 
 
@@ -124,7 +100,7 @@ def _read_npz_split(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile,
           zlib.error) as e:
     raise DataError(f"{path}: cannot read .npz ({_one_line(e)})") from e
-  return _check(images, labels, f"{path}[{x_key}]", f"{path}[{y_key}]")
+  return check_image_split(images, labels, f"{path}[{x_key}]", f"{path}[{y_key}]")
 
 
 def _is_fashion_mnist(images: np.ndarray) -> bool:
