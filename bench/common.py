@@ -1,0 +1,134 @@
+"""What every benchmark shares: interleaved timing, child processes, results.
+
+Benchmarks report ratios of configurations measured in the same run,
+round-robin, with medians over repeats: the machines are shared, so an
+absolute number from one moment means little, a ratio measured side by
+side a lot more. Each program writes `bench/results/<name>.json` with the
+command that produced it, its markdown tables and its findings (targets met
+or missed, by how much); `bench/report.py` gathers them into BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Mapping, Sequence
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+
+
+def interleaved(fns: Mapping[str, Callable[[], object]], repeats: int,
+                warmup: int = 1) -> dict[str, list[float]]:
+  """Times each callable `repeats` times, round-robin; seconds per call.
+
+  Every callable runs `warmup` times first (tracing, caches), untimed.
+  Round-robin order spreads a noisy neighbour over all configurations
+  instead of penalising whichever ran while it was busy.
+  """
+  for fn in fns.values():
+    for _ in range(warmup):
+      fn()
+  times: dict[str, list[float]] = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      began = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - began)
+  return times
+
+
+def median(values: Sequence[float]) -> float:
+  return float(statistics.median(values))
+
+
+def peak_rss_mib() -> float:
+  """This process's peak resident memory so far, in MiB (Linux ru_maxrss)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_child(argv: Sequence[str], *, timeout: float = 1800,
+              env: Mapping[str, str] | None = None) -> dict:
+  """Runs `python argv...` and returns the last JSON line it printed.
+
+  A child that dies without reporting (killed by the kernel, a signal,
+  an abort) comes back as {"status": "crashed (...)"}.
+  """
+  full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  full_env.update(env or {})
+  try:
+    out = subprocess.run([sys.executable, *argv], capture_output=True,
+                         text=True, timeout=timeout, env=full_env,
+                         check=False, cwd=ROOT)
+  except subprocess.TimeoutExpired:
+    return {"status": f"timed out after {timeout:.0f} s"}
+  lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+  if lines:
+    return json.loads(lines[-1])
+  how = (f"killed by signal {-out.returncode}" if out.returncode < 0
+         else f"exit {out.returncode}")
+  tail = " | ".join(out.stderr.strip().splitlines()[-2:])[:300]
+  return {"status": f"crashed ({how})", "stderr": tail}
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]],
+                   align: str | None = None) -> str:
+  """A GitHub markdown table; `align` is one of l/r per column."""
+  align = align or "l" + "r" * (len(headers) - 1)
+  rule = ["---:" if a == "r" else "---" for a in align]
+  lines = ["| " + " | ".join(headers) + " |", "| " + " | ".join(rule) + " |"]
+  lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def machine() -> dict:
+  """Facts that make a result interpretable later."""
+  info = {"python": platform.python_version(), "cpus": os.cpu_count(),
+          "platform": platform.platform()}
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        info["cpu"] = line.split(":", 1)[1].strip()
+        break
+  except OSError:
+    pass
+  try:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    info["tensorflow"] = tf.__version__
+  except ImportError:
+    pass
+  return info
+
+
+def write_result(name: str, *, command: str, tables: Sequence[dict],
+                 findings: Sequence[str], results: object,
+                 seconds: float) -> pathlib.Path:
+  """Saves one benchmark's outcome for bench/report.py.
+
+  Args:
+    name: the program's name, e.g. "loop" for bench/loop.py.
+    command: the exact command that reproduces the run.
+    tables: [{"title": ..., "markdown": ..., "note": optional text}].
+    findings: one sentence per target: met or missed, by how much, why.
+    results: the raw numbers (JSON-serialisable).
+    seconds: how long the whole benchmark took.
+  """
+  RESULTS.mkdir(exist_ok=True)
+  path = RESULTS / f"{name}.json"
+  path.write_text(json.dumps({
+      "name": name, "command": command,
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+          timespec="seconds"),
+      "machine": machine(), "seconds": round(seconds, 1),
+      "tables": list(tables), "findings": list(findings),
+      "results": results}, indent=1, default=float))
+  return path
