@@ -9,7 +9,9 @@ Everything a run writes goes to --logdir (default runs/<dataset>-<head>):
 event files (train/, validation/), checkpoints/ (latest and best/),
 config.json (what eval.py rebuilds the model from) and export/ (a
 SavedModel with `embed` and `classify` signatures). Rerunning with the same
---logdir resumes where the last checkpoint left off.
+--logdir resumes where the last checkpoint left off; SIGTERM or Ctrl-C saves
+a checkpoint first (exit 143 / 130). Exit codes: 0 done, 1 bad data or a
+stopped run (non-finite step, checkpoint not writable), 2 usage error.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ flags.DEFINE_integer("image_size", None, "Resize folder images to this side "
                      "(default 112).")
 flags.DEFINE_enum("augment", "none", ["none", "flip", "flip_rotate"],
                   "Training augmentation, seeded by --seed and the step.")
+flags.DEFINE_float("max_bad_fraction", 0.01, "Folders: unreadable files are "
+                   "skipped, but more than this fraction stops the run.")
 
 # Model.
 flags.DEFINE_string("backbone", "seed_cnn", "seed_cnn, prelu_cnn, resnet or "
@@ -101,6 +105,12 @@ flags.DEFINE_enum("mixed_precision", "float32",
 flags.DEFINE_integer("seed", 0, "Fixes init, split, data order, augmentation.")
 flags.DEFINE_integer("projector_points", 2000, "Validation embeddings saved "
                      "for TensorBoard's projector.")
+flags.DEFINE_bool("deterministic", False, "TensorFlow op determinism: a "
+                  "killed and resumed run ends bit-identical to an "
+                  "uninterrupted one (slower on GPUs).")
+flags.DEFINE_integer("skip_nonfinite_steps", 0, "Skip up to N steps whose "
+                     "loss or gradients are not finite (never applying "
+                     "them) instead of stopping at the first.")
 flags.DEFINE_bool("verbose", False, "Show tracebacks for errors.")
 
 
@@ -121,7 +131,8 @@ def config_from_flags():
                       validation_split=FLAGS.validation_split,
                       imbalance_ratio=FLAGS.imbalance_ratio,
                       image_size=FLAGS.image_size, augment=FLAGS.augment,
-                      seed=FLAGS.seed),
+                      seed=FLAGS.seed,
+                      max_bad_fraction=FLAGS.max_bad_fraction),
       model=ModelConfig(backbone=FLAGS.backbone,
                         embedding_dim=FLAGS.embedding_dim, head=FLAGS.head,
                         head_args=head_args),
@@ -141,7 +152,9 @@ def config_from_flags():
                     strategy=FLAGS.strategy, gpus=FLAGS.gpus,
                     cpu_replicas=FLAGS.cpu_replicas,
                     mixed_precision=FLAGS.mixed_precision, seed=FLAGS.seed,
-                    projector_points=FLAGS.projector_points))
+                    projector_points=FLAGS.projector_points,
+                    deterministic=FLAGS.deterministic,
+                    skip_nonfinite_steps=FLAGS.skip_nonfinite_steps))
 
 
 def check_flags() -> None:
@@ -161,6 +174,12 @@ def check_flags() -> None:
   if not FLAGS.imbalance_ratio >= 1.0:
     raise_usage(f"--imbalance_ratio ({FLAGS.imbalance_ratio}) must be >= 1 "
                 f"(1 keeps the data balanced).")
+  if not 0.0 <= FLAGS.max_bad_fraction <= 1.0:
+    raise_usage(f"--max_bad_fraction ({FLAGS.max_bad_fraction}) must be in "
+                f"[0, 1].")
+  if FLAGS.skip_nonfinite_steps < 0:
+    raise_usage(f"--skip_nonfinite_steps ({FLAGS.skip_nonfinite_steps}) must "
+                f"be >= 0.")
   if FLAGS.epochs <= 0:
     raise_usage(f"--epochs ({FLAGS.epochs}) must be > 0.")
   if FLAGS.learning_rate <= 0:

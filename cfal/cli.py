@@ -11,7 +11,10 @@ from absl import logging
 
 def run(program: str, argv: list[str], body: Callable[[], None], *,
         verbose: bool) -> int:
-  """Runs `body`; usage errors exit 2 and data errors 1, each one line.
+  """Runs `body`; each error becomes one line and an exit code.
+
+  Usage errors exit 2; data errors and stopped runs (`TrainingError`) 1; a
+  run stopped by SIGTERM/SIGINT after saving a checkpoint 128 + the signal.
 
   Stray positional arguments are a usage error. TensorFlow's C++ and absl
   INFO logs are quietened so the terminal keeps the progress lines. With
@@ -24,10 +27,14 @@ def run(program: str, argv: list[str], body: Callable[[], None], *,
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.set_verbosity(logging.WARNING)
   from cfal.data.errors import DataError  # pylint: disable=import-outside-toplevel
-  from cfal.errors import UsageError  # pylint: disable=import-outside-toplevel
+  from cfal.errors import (  # pylint: disable=import-outside-toplevel
+      Interrupted, TrainingError, UsageError)
   try:
     body()
-  except (UsageError, DataError) as error:
+  except Interrupted as error:
+    print(f"{program}: {error}", file=sys.stderr)
+    return 128 + error.signum
+  except (UsageError, DataError, TrainingError) as error:
     if verbose:
       raise
     print(f"{program}: {error}", file=sys.stderr)

@@ -270,7 +270,8 @@ def test_folder_dataset_with_tiff_and_a_corrupt_file(tmp_path):
   config = small_config(
       tmp_path / "run", head="cfal", head_args={"sigma": 16.0},
       data=DataConfig(name=f"folder:{root}", image_size=32,
-                      validation_split=0.25, augment="flip_rotate"),
+                      validation_split=0.25, augment="flip_rotate",
+                      max_bad_fraction=0.05),   # 1 of 37 is bad
       train_steps=6, steps_per_loop=3, batch_size=8)
   result = train(config, echo=lines.append)
   notes = [l for l in lines if l.startswith("note:")]

@@ -32,6 +32,9 @@ class DataConfig:
       28 for the digit sets and uses 112 for folders).
     augment: "none", "flip" or "flip_rotate".
     seed: fixes the split, the subsampling, the order and augmentation.
+    max_bad_fraction: folders only: unreadable files are skipped and
+      reported, but more than this fraction of them stops the run (a broken
+      copy, not a few bad tiles).
   """
 
   name: str = "fashion_mnist"
@@ -41,6 +44,7 @@ class DataConfig:
   image_size: int | None = None
   augment: str = "none"
   seed: int = 0
+  max_bad_fraction: float = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +133,15 @@ def _load_folder(root, config):
   size = config.image_size or 112
   notes = []
   if index.bad_files:
+    total = len(index.bad_files) + len(index.paths)
+    fraction = len(index.bad_files) / total
+    if fraction > config.max_bad_fraction:
+      path, why = index.bad_files[0]
+      raise DataError(
+          f"{root}: {len(index.bad_files)} of {total} image files "
+          f"({fraction:.1%}) are unreadable, more than --max_bad_fraction="
+          f"{config.max_bad_fraction:g} (e.g. {path}: {why}); repair or "
+          f"remove them, or raise --max_bad_fraction.")
     shown = "; ".join(f"{p} ({why})" for p, why in index.bad_files[:5])
     more = len(index.bad_files) - 5
     notes.append(f"skipped {len(index.bad_files)} unreadable file(s): {shown}"

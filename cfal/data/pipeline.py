@@ -19,6 +19,8 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from cfal.data.errors import DataError
+
 AUGMENTATIONS = ("none", "flip", "flip_rotate")
 
 # Loads a batch of images (float32 [B, H, W, C] in [0, 1]) from a batch of
@@ -59,11 +61,23 @@ class ImageSource:
 
 def array_source(images: np.ndarray, labels: np.ndarray,
                  class_names: tuple[str, ...]) -> ImageSource:
-  """An in-memory source over uint8 images `[N, H, W]` or `[N, H, W, C]`."""
+  """An in-memory source over uint8 images `[N, H, W]` or `[N, H, W, C]`.
+
+  Raises:
+    DataError: if a label is outside [0, len(class_names)): a head would
+      silently train it as no class at all.
+  """
   if images.ndim == 3:
     images = images[..., None]
+  labels = np.asarray(labels)
+  if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
+    bad = labels.min() if labels.min() < 0 else labels.max()
+    where = int(np.flatnonzero(labels == bad)[0])
+    raise DataError(f"label {int(bad)} (example {where}) is outside [0, "
+                    f"{len(class_names)}) for {len(class_names)} classes; "
+                    f"fix the labels or the class list.")
+  labels = labels.astype(np.int32)
   table = tf.constant(images)
-  labels = np.asarray(labels, np.int32)
 
   def load_batch(indices: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.gather(table, indices), tf.float32) / 255.0

@@ -79,6 +79,10 @@ class RunConfig:
     mixed_precision: "float32", "bfloat16" or "float16" for the backbone.
     seed: fixes initialisation, data order and augmentation.
     projector_points: validation embeddings written for the projector.
+    deterministic: TensorFlow op determinism, so that a resumed run ends
+      bit-identical to an uninterrupted one (slower on GPUs).
+    skip_nonfinite_steps: how many non-finite steps a run may skip (never
+      applying them) before it stops; 0 stops at the first.
   """
 
   logdir: str = "runs/default"
@@ -96,6 +100,8 @@ class RunConfig:
   mixed_precision: str = "float32"
   seed: int = 0
   projector_points: int = 2000
+  deterministic: bool = False
+  skip_nonfinite_steps: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -52,19 +52,25 @@ class _Classifier(tf.Module):
 def export_saved_model(path: str | os.PathLike, *, backbone: keras.Model,
                        head: Head, image_shape: Sequence[int],
                        class_names: Sequence[str]) -> pathlib.Path:
-  """Writes the SavedModel atomically: a temporary folder, then a rename.
+  """Writes the SavedModel into a temporary folder, then swaps it in.
+
+  A kill at any moment leaves a complete model at `path` or at
+  `path.old` (between the swap's two renames); the next export puts the
+  old one back first, so readers only ever see complete models.
 
   Loading needs only TensorFlow: `m = tf.saved_model.load(path)`, then
   `m.signatures["classify"](images=x)` or `m.embed(x)`.
   """
   path = pathlib.Path(path)
   tmp = path.with_name(path.name + ".tmp")
+  old = path.with_name(path.name + ".old")
+  if old.exists() and not path.exists():
+    old.rename(path)   # a previous swap was killed half-way
   shutil.rmtree(tmp, ignore_errors=True)
   module = _Classifier(backbone, head, image_shape, class_names)
   tf.saved_model.save(module, str(tmp),
                       signatures={"embed": module.embed,
                                   "classify": module.classify})
-  old = path.with_name(path.name + ".old")
   shutil.rmtree(old, ignore_errors=True)
   if path.exists():
     path.rename(old)

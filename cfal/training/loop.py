@@ -25,10 +25,13 @@ import tensorflow as tf
 import cfal.backbones
 import cfal.heads
 from cfal.data import datasets, pipeline
-from cfal.errors import UsageError
+from cfal.errors import Interrupted, TrainingError, UsageError
 from cfal.metrics.classification import classification_report
 from cfal.training import export, summaries
 from cfal.training.config import TrainConfig, dtype_policy
+from cfal.training.faults import nonfinite_message, nonfinite_variables
+from cfal.training.interrupts import StopRequests, signal_name
+from cfal.training.run_dir import RunLock, check_run_dir, write_atomically
 from cfal.training.steps import Steps
 from cfal.training.strategy import make_strategy
 
@@ -137,226 +140,358 @@ def build_optimizer(config: TrainConfig,
   return optimizer
 
 
-def _check_run_dir(logdir: pathlib.Path, config: TrainConfig) -> None:
-  """A run directory belongs to one model: refuse to resume another."""
-  saved = logdir / "config.json"
-  if not saved.exists():
-    return
-  old = TrainConfig.load(logdir)
-  for field in ("backbone", "head", "embedding_dim"):
-    a, b = getattr(old.model, field), getattr(config.model, field)
-    if a != b:
-      raise UsageError(f"{logdir} holds a run with {field}={a}, not {b}: "
-                       f"use a new --logdir or the same {field}.")
-  # The split, the long tail and the data order depend on these; changing
-  # them on resume would mix validation examples into training.
-  old_data = dataclasses.replace(old.data, data_dir=None)
-  new_data = dataclasses.replace(config.data, data_dir=None)
-  for field in dataclasses.fields(old_data):
-    a, b = getattr(old_data, field.name), getattr(new_data, field.name)
-    if a != b:
-      raise UsageError(f"{logdir} was trained with {field.name}={a}, not {b}:"
-                       f" resume with the same data flags or use a new "
-                       f"--logdir.")
-  for field in ("seed", "batch_size", "mixed_precision"):
-    a, b = getattr(old.run, field), getattr(config.run, field)
-    if a != b:
-      raise UsageError(f"{logdir} was trained with --{field}={a}, not {b}: "
-                       f"resume with the same value or use a new --logdir.")
-
-
 def train(config: TrainConfig, *, echo: Printer = print) -> RunResult:
   """Trains as `config` says; resumes if `config.run.logdir` has a run.
 
   The Keras dtype policy that `mixed_precision` needs is set for the run
-  and restored afterwards.
+  and restored afterwards. `deterministic` turns on TensorFlow's op
+  determinism for the rest of the process (it cannot be turned off).
+
+  Raises:
+    UsageError: a configuration that cannot work, or a run directory in
+      use by another live run or holding another model.
+    DataError: missing or bad data.
+    TrainingError: a non-finite step, or a checkpoint that could not be
+      written; the last complete checkpoint is intact.
+    Interrupted: SIGTERM/SIGINT arrived; a checkpoint was saved first.
   """
+  if config.run.deterministic:
+    tf.config.experimental.enable_op_determinism()
   with dtype_policy(config.run.mixed_precision):
-    return _train(config, echo)
+    run = config.run
+    strategy = make_strategy(run.strategy, gpus=run.gpus,
+                             cpu_replicas=run.cpu_replicas)
+    mode = resolve_step_mode(run.step_mode, strategy)
+    if run.batch_size % strategy.num_replicas_in_sync:
+      raise UsageError(f"--batch_size={run.batch_size} must be divisible by "
+                       f"the {strategy.num_replicas_in_sync} replicas.")
+    if run.skip_nonfinite_steps < 0:
+      raise UsageError(f"--skip_nonfinite_steps ({run.skip_nonfinite_steps})"
+                       f" must be >= 0.")
+    logdir = pathlib.Path(run.logdir)
+    if not is_chief(strategy):
+      # Every worker takes part in saving (it runs collectives), but only
+      # the chief writes the run directory; the others write to scratch.
+      scratch = pathlib.Path(tempfile.mkdtemp(prefix="cfal-worker-"))
+      if (logdir / "checkpoints").exists():
+        shutil.copytree(logdir / "checkpoints", scratch / "checkpoints")
+      try:
+        return _Run(config, strategy, mode, scratch, lambda _: None,
+                    chief=False).train()
+      finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    with RunLock(logdir):
+      return _Run(config, strategy, mode, logdir, echo, chief=True).train()
 
 
-def _train(config: TrainConfig, echo: Printer) -> RunResult:
-  run = config.run
-  strategy = make_strategy(run.strategy, gpus=run.gpus,
-                           cpu_replicas=run.cpu_replicas)
-  mode = resolve_step_mode(run.step_mode, strategy)
-  if run.batch_size % strategy.num_replicas_in_sync:
-    raise UsageError(f"--batch_size={run.batch_size} must be divisible by the "
-                     f"{strategy.num_replicas_in_sync} replicas.")
-  logdir = pathlib.Path(run.logdir)
-  chief = is_chief(strategy)
-  if not chief:
-    # Every worker takes part in saving (it runs collectives), but only the
-    # chief writes the run directory; the others write to scratch.
-    echo = lambda message: None  # noqa: E731
-    scratch = pathlib.Path(tempfile.mkdtemp(prefix="cfal-worker-"))
-    if (logdir / "checkpoints").exists():
-      shutil.copytree(logdir / "checkpoints", scratch / "checkpoints")
-    logdir = scratch
-  _check_run_dir(logdir, config)
+class _Run:
+  """One training run: built and restored in `__init__`, run by `train`.
 
+  Cadence invariants that make a killed run resume exactly:
+    * compiled calls end on every evaluation and checkpoint step, so the
+      steps at which things happen never depend on where a run resumed;
+    * a checkpoint taken at an evaluation step always holds the state from
+      *before* that evaluation, so a run resumed there evaluates again and
+      does the same bookkeeping (best score, patience) an uninterrupted run
+      did, on the same weights.
+  """
+
+  def __init__(self, config: TrainConfig, strategy: tf.distribute.Strategy,
+               mode: str, logdir: pathlib.Path, echo: Printer, *,
+               chief: bool):
+    self.config, self.strategy, self.logdir = config, strategy, logdir
+    self.echo, self.chief = echo, chief
+    run = config.run
+    check_run_dir(logdir, config)
+    self.data = _load(config)
+    for note in self.data.notes:
+      echo(f"note: {note}")
+    data = self.data
+    if len(data.train_indices) < run.batch_size:
+      raise UsageError(f"The training set has {len(data.train_indices)} "
+                       f"examples, fewer than --batch_size={run.batch_size}; "
+                       f"use a smaller batch.")
+    if len(data.validation_indices) == 0:
+      raise UsageError("The validation split is empty; use a "
+                       "--validation_split that keeps at least one example.")
+    self.per_epoch = pipeline.steps_per_epoch(len(data.train_indices),
+                                              run.batch_size)
+    self.total_steps = run.train_steps or max(
+        1, math.ceil(run.epochs * self.per_epoch))
+    self.eval_every = run.eval_every or self.per_epoch
+    self._build(mode)
+    self._restore()
+
+  def _build(self, mode: str) -> None:
+    config, run, data = self.config, self.config.run, self.data
+    # A plain record, made outside the strategy scope: multi-worker
+    # collectives cannot broadcast a string variable's initial value.
+    identity = tf.Variable(config.model.identity(), trainable=False,
+                           name="model_identity")
+    with self.strategy.scope():
+      keras.utils.set_random_seed(run.seed)
+      try:
+        self.backbone = cfal.backbones.build_backbone(
+            config.model.backbone, input_shape=data.image_shape,
+            embedding_dim=config.model.embedding_dim, seed=run.seed,
+            **backbone_options(config))
+      except ValueError as error:
+        raise UsageError(
+            f"--backbone={config.model.backbone}: {error}") from None
+      self.head = build_head(config, data.class_counts, data.num_classes)
+      self.optimizer = build_optimizer(config, self.total_steps)
+      self.optimizer.build(list(self.backbone.trainable_variables)
+                           + list(self.head.trainable_variables))
+      counter = lambda name: tf.Variable(  # noqa: E731
+          0, dtype=tf.int64, trainable=False, name=name)
+      self.step = counter("step")
+      # Evaluations since the best one (early stopping) and non-finite
+      # steps skipped so far: both must survive a restart.
+      self.evals_without_gain = counter("evals_without_gain")
+      self.skipped = counter("skipped_steps")
+      self.best = tf.Variable(-1.0, dtype=tf.float64, trainable=False,
+                              name="best")
+      self.checkpoint = tf.train.Checkpoint(
+          backbone=self.backbone, head=self.head, optimizer=self.optimizer,
+          step=self.step, best_balanced_accuracy=self.best,
+          evals_without_gain=self.evals_without_gain,
+          skipped_steps=self.skipped, model_identity=identity)
+    self.latest = tf.train.CheckpointManager(
+        self.checkpoint, self.logdir / "checkpoints", max_to_keep=3)
+    self.best_manager = tf.train.CheckpointManager(
+        self.checkpoint, self.logdir / "checkpoints" / "best", max_to_keep=1)
+    self.steps = Steps(strategy=self.strategy, backbone=self.backbone,
+                       head=self.head, optimizer=self.optimizer,
+                       global_batch_size=run.batch_size, mode=mode)
+
+  def _restore(self) -> None:
+    path = self.latest.latest_checkpoint
+    if path:
+      try:
+        self.checkpoint.restore(path).assert_existing_objects_matched()
+      except (AssertionError, ValueError, tf.errors.OpError) as error:
+        first = str(error).strip().splitlines()[0][:160]
+        raise UsageError(f"Cannot resume {self.logdir} from {path} with "
+                         f"these flags: {first} (use the run's own flags or "
+                         f"a new --logdir).") from None
+    if isinstance(self.strategy,
+                  tf.distribute.MultiWorkerMirroredStrategy):
+      _check_workers_agree(self.strategy, int(self.step.numpy()))
+    if path:
+      self.echo(f"Resuming {self.logdir} at step {int(self.step.numpy())}.")
+    write_atomically(self.logdir / "config.json", self.config.to_json())
+
+  # -- the cadence ----------------------------------------------------------
+
+  def _is_eval_step(self, step: int) -> bool:
+    return step % self.eval_every == 0 or step == self.total_steps
+
+  def _is_checkpoint_step(self, step: int) -> bool:
+    return (step % self.config.run.checkpoint_every == 0
+            or step == self.total_steps)
+
+  def _chunk(self, current: int) -> int:
+    """Steps in the next compiled call: up to the next event, at most K."""
+    n = min(self.config.run.steps_per_loop, self.total_steps - current)
+    for every in (self.eval_every, self.config.run.checkpoint_every):
+      n = min(n, every - current % every)
+    return n
+
+  # -- the run ----------------------------------------------------------------
+
+  def train(self) -> RunResult:
+    config, run, data = self.config, self.config.run, self.data
+    self.writers = summaries.Writers(str(self.logdir))
+    summaries.write_hparams(self.writers.train,
+                            _hparams(config, self.steps.mode))
+    start = int(self.step.numpy())
+    dist = self.strategy.distribute_datasets_from_function(
+        lambda ctx: pipeline.train_dataset(
+            data.source, data.train_indices,
+            global_batch_size=run.batch_size, seed=run.seed,
+            start_step=start, augment=config.data.augment,
+            input_context=ctx))
+    iterator = iter(dist)
+    self.validation = eval_dataset_fn(data, run.batch_size)
+    self.echo(f"Training {config.model.backbone} + {config.model.head} on "
+              f"{data.name}: {len(data.train_indices)} training / "
+              f"{len(data.validation_indices)} validation images, "
+              f"{data.num_classes} classes; {self.total_steps} steps of "
+              f"{run.batch_size} ({self.per_epoch} per epoch), "
+              f"{self.strategy.num_replicas_in_sync} replica(s), step mode "
+              f"{self.steps.mode}.")
+    self.last_eval: dict = {}
+    self.history: list[dict] = []
+    stopped_early = False
+    current = start
+    with StopRequests() as stops:
+      if 0 < start and self._is_eval_step(start):
+        # Killed after the checkpoint of an evaluation step: evaluate again.
+        stopped_early = self._validate(start)
+      timer = _Timer(self.total_steps - start)
+      while current < self.total_steps and not stopped_early:
+        current = self._run_chunk(iterator, current, timer)
+        if self._is_checkpoint_step(current) or self._is_eval_step(current):
+          self._save(self.latest, current)
+        if self._is_eval_step(current):
+          stopped_early = self._validate(current)
+        self.writers.flush()
+        if stops.requested:
+          self._stop_for_signal(stops.signum, current)
+      self._save(self.latest, current)
+      if stopped_early:
+        self.echo(f"Stopping early: no better validation balanced accuracy "
+                  f"in {run.early_stopping_patience} evaluations.")
+      export_path = self._export(stopped_early)
+    return RunResult(logdir=self.logdir, step=current,
+                     validation=self.last_eval.get("report", {}),
+                     best_balanced_accuracy=float(self.best.numpy()),
+                     export_path=export_path if self.chief else None,
+                     stopped_early=stopped_early, history=self.history,
+                     is_chief=self.chief)
+
+  def _run_chunk(self, iterator, current: int, timer: "_Timer") -> int:
+    """One compiled call; returns the new step. Raises on a bad step."""
+    run = self.config.run
+    n = self._chunk(current)
+    budget = run.skip_nonfinite_steps - int(self.skipped.numpy())
+    began = time.perf_counter()
+    results = self.steps.train_loop(iterator, tf.constant(n),
+                                    tf.constant(max(budget, 0)))
+    consumed = int(results["steps"])
+    seconds = time.perf_counter() - began
+    if int(results["fault"]):
+      failing = current + consumed
+      raise TrainingError(nonfinite_message(
+          int(results["fault"]), failing, self.config,
+          self.latest.latest_checkpoint))
+    current += consumed
+    self.step.assign(current)
+    skipped = int(results["skipped"])
+    if skipped:
+      self.skipped.assign_add(skipped)
+      self.echo(f"warning: skipped {skipped} non-finite step(s) before step "
+                f"{current}; {int(self.skipped.numpy())} of "
+                f"{run.skip_nonfinite_steps} allowed so far.")
+    loss, accuracy = float(results["loss"]), float(results["accuracy"])
+    rate = consumed * run.batch_size / seconds
+    self.history.append({"step": current, "loss": loss,
+                         "accuracy": accuracy})
+    summaries.write_scalars(self.writers.train, {
+        "loss": loss, "accuracy": accuracy,
+        "learning_rate": float(self.optimizer.learning_rate),
+        "examples_per_second": rate,
+        "skipped_steps": float(self.skipped.numpy())}, current)
+    self.echo(f"step {current}/{self.total_steps}  epoch "
+              f"{current / self.per_epoch:.2f}  loss {loss:.4f}  accuracy "
+              f"{accuracy:.3f}  {rate:.0f} examples/s  ETA "
+              f"{timer.eta(consumed, seconds)}")
+    return current
+
+  def _validate(self, step: int) -> bool:
+    """Evaluates, keeps the best model; True when patience has run out."""
+    run = self.config.run
+    self.last_eval = evaluate(self.steps, self.validation(), self.data, run)
+    _write_eval(self.writers, self.logdir, self.last_eval, self.data,
+                self.config, self.head, step)
+    report = self.last_eval["report"]
+    score = report["balanced_accuracy"]
+    self.echo(f"validation at step {step}: accuracy {report['accuracy']:.4f}"
+              f"  balanced accuracy {score:.4f}  macro F1 "
+              f"{report['macro_f1']:.4f}")
+    if score > float(self.best.numpy()):
+      self.best.assign(score)
+      self.evals_without_gain.assign(0)
+      self._save(self.best_manager, step)
+      return False
+    self.evals_without_gain.assign_add(1)
+    patience = run.early_stopping_patience
+    return bool(patience) and int(self.evals_without_gain.numpy()) >= patience
+
+  def _save(self, manager: tf.train.CheckpointManager, step: int) -> None:
+    """Saves a checkpoint of finite variables, or says why it cannot."""
+    previous = manager.latest_checkpoint
+    if previous and previous.endswith(f"-{step}"):
+      return   # already saved at this step (and never overwritten in place)
+    bad = nonfinite_variables(self._all_variables())
+    if bad:
+      raise TrainingError(f"step {step}: {len(bad)} variable(s) hold NaN or "
+                          f"Inf (e.g. {bad[0]}); not saving them. "
+                          f"{previous or 'No earlier checkpoint'} is intact.")
+    try:
+      manager.save(checkpoint_number=step)
+    except (tf.errors.OpError, OSError) as error:
+      _remove_unlisted(pathlib.Path(manager.directory), step)
+      reason = str(error).strip().splitlines()[0][:200]
+      kept = (f"the previous checkpoint {previous} is intact" if previous
+              else "no earlier checkpoint exists")
+      raise TrainingError(f"Could not write the checkpoint of step {step} to "
+                          f"{manager.directory} ({reason}); {kept}. Free "
+                          f"space and rerun the same command to resume."
+                          ) from None
+
+  def _all_variables(self) -> list[tf.Variable]:
+    return (list(self.backbone.weights) + list(self.head.variables)
+            + list(self.optimizer.variables))
+
+  def _stop_for_signal(self, signum: int, step: int) -> None:
+    self._save(self.latest, step)
+    self.writers.flush()
+    raise Interrupted(f"{signal_name(signum)}: saved "
+                      f"{self.latest.latest_checkpoint} at step {step}; rerun "
+                      f"the same command to resume.", signum)
+
+  def _export(self, stopped_early: bool) -> pathlib.Path:
+    if stopped_early and self.best_manager.latest_checkpoint:
+      # Early stopping ran past the best model by `patience` evaluations:
+      # export the best one (the latest checkpoint keeps the last state).
+      self.checkpoint.read(self.best_manager.latest_checkpoint).expect_partial()
+      self.echo(f"Exporting the best model, "
+                f"{self.best_manager.latest_checkpoint}.")
+    export_path = export.export_saved_model(
+        self.logdir / "export", backbone=self.backbone, head=self.head,
+        image_shape=self.data.image_shape, class_names=self.data.class_names)
+    self.writers.flush()
+    logdir = self.logdir
+    self.echo(f"Done. TensorBoard logs: {logdir}  (view: tensorboard "
+              f"--logdir {logdir} --host 127.0.0.1)")
+    self.echo(f"Checkpoints: {logdir / 'checkpoints'} (best: "
+              f"{logdir / 'checkpoints' / 'best'});  export: {export_path}")
+    return export_path
+
+
+def _load(config: TrainConfig) -> datasets.DataBundle:
   try:
-    data = datasets.load_data(config.data)
+    return datasets.load_data(config.data)
   except ValueError as error:
     if isinstance(error, datasets.DataError):
       raise
     raise UsageError(str(error)) from None
-  for note in data.notes:
-    echo(f"note: {note}")
-  if len(data.train_indices) < run.batch_size:
-    raise UsageError(f"The training set has {len(data.train_indices)} "
-                     f"examples, fewer than --batch_size={run.batch_size}; "
-                     f"use a smaller batch.")
-  if len(data.validation_indices) == 0:
-    raise UsageError("The validation split is empty; use a "
-                     "--validation_split that keeps at least one example.")
-  per_epoch = pipeline.steps_per_epoch(len(data.train_indices),
-                                       run.batch_size)
-  total_steps = run.train_steps or max(1, math.ceil(run.epochs * per_epoch))
-  eval_every = run.eval_every or per_epoch
-  counts = data.class_counts
 
-  # A plain record, made outside the strategy scope: multi-worker
-  # collectives cannot broadcast a string variable's initial value.
-  identity = tf.Variable(config.model.identity(), trainable=False,
-                         name="model_identity")
-  with strategy.scope():
-    keras.utils.set_random_seed(run.seed)
-    try:
-      backbone = cfal.backbones.build_backbone(
-          config.model.backbone, input_shape=data.image_shape,
-          embedding_dim=config.model.embedding_dim, seed=run.seed,
-          **backbone_options(config))
-    except ValueError as error:
-      raise UsageError(f"--backbone={config.model.backbone}: {error}") from None
-    head = build_head(config, counts, data.num_classes)
-    optimizer = build_optimizer(config, total_steps)
-    variables = list(backbone.trainable_variables) + list(
-        head.trainable_variables)
-    optimizer.build(variables)
-    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    best = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best")
-    checkpoint = tf.train.Checkpoint(backbone=backbone, head=head,
-                                     optimizer=optimizer, step=step,
-                                     best_balanced_accuracy=best,
-                                     model_identity=identity)
 
-  latest = tf.train.CheckpointManager(checkpoint, logdir / "checkpoints",
-                                      max_to_keep=3)
-  best_manager = tf.train.CheckpointManager(
-      checkpoint, logdir / "checkpoints" / "best", max_to_keep=1)
-  if latest.latest_checkpoint:
-    try:
-      checkpoint.restore(
-          latest.latest_checkpoint).assert_existing_objects_matched()
-    except (AssertionError, ValueError, tf.errors.OpError) as error:
-      first = str(error).strip().splitlines()[0][:160]
-      raise UsageError(f"Cannot resume {logdir} from "
-                       f"{latest.latest_checkpoint} with these flags: {first}"
-                       f" (use the run's own flags or a new --logdir).") from None
-    echo(f"Resuming {logdir} at step {int(step.numpy())}.")
-  logdir.mkdir(parents=True, exist_ok=True)
-  (logdir / "config.json").write_text(config.to_json())
+def _remove_unlisted(directory: pathlib.Path, step: int) -> None:
+  """Deletes the pieces of a failed save of `step` the state never listed."""
+  listed = tf.train.latest_checkpoint(str(directory)) or ""
+  if listed.endswith(f"-{step}"):
+    return
+  for piece in directory.glob(f"ckpt-{step}[._]*"):
+    if piece.is_dir():
+      shutil.rmtree(piece, ignore_errors=True)
+    else:
+      piece.unlink(missing_ok=True)
 
-  steps = Steps(strategy=strategy, backbone=backbone, head=head,
-                optimizer=optimizer, global_batch_size=run.batch_size,
-                mode=mode)
-  writers = summaries.Writers(str(logdir))
-  summaries.write_hparams(writers.train, _hparams(config, mode))
 
-  start = int(step.numpy())
-  dist = strategy.distribute_datasets_from_function(
-      lambda ctx: pipeline.train_dataset(
-          data.source, data.train_indices, global_batch_size=run.batch_size,
-          seed=run.seed, start_step=start, augment=config.data.augment,
-          input_context=ctx))
-  iterator = iter(dist)
-  validation = eval_dataset_fn(data, run.batch_size)
-  echo(f"Training {config.model.backbone} + {config.model.head} on "
-       f"{data.name}: {len(data.train_indices)} training / "
-       f"{len(data.validation_indices)} validation images, "
-       f"{data.num_classes} classes; {total_steps} steps of "
-       f"{run.batch_size} ({per_epoch} per epoch), "
-       f"{strategy.num_replicas_in_sync} replica(s), step mode {mode}.")
-
-  patience_left = run.early_stopping_patience
-  stopped_early = False
-  last_eval: dict = {}
-  timer = _Timer(total_steps - start)
-  current = start
-  history = []
-  while current < total_steps:
-    n = min(run.steps_per_loop, total_steps - current)
-    began = time.perf_counter()
-    results = steps.train_loop(iterator, tf.constant(n))
-    loss = float(results["loss"])
-    accuracy = float(results["accuracy"])
-    seconds = time.perf_counter() - began
-    current += n
-    step.assign(current)
-    rate = n * run.batch_size / seconds
-    history.append({"step": current, "loss": loss, "accuracy": accuracy})
-    lr = float(optimizer.learning_rate)
-    summaries.write_scalars(writers.train, {
-        "loss": loss, "accuracy": accuracy, "learning_rate": lr,
-        "examples_per_second": rate}, current)
-    echo(f"step {current}/{total_steps}  epoch {current / per_epoch:.2f}  "
-         f"loss {loss:.4f}  accuracy {accuracy:.3f}  {rate:.0f} examples/s  "
-         f"ETA {timer.eta(n, seconds)}")
-
-    # Checkpoint before evaluating: a failure in evaluation never costs
-    # the steps since the last checkpoint.
-    saved = current % run.checkpoint_every < n or current == total_steps
-    if saved:
-      latest.save(checkpoint_number=current)
-    if current % eval_every < n or current == total_steps:
-      last_eval = evaluate(steps, validation(), data, run)
-      _write_eval(writers, logdir, last_eval, data, config, head, current)
-      score = last_eval["report"]["balanced_accuracy"]
-      echo(f"validation at step {current}: accuracy "
-           f"{last_eval['report']['accuracy']:.4f}  balanced accuracy "
-           f"{score:.4f}  macro F1 {last_eval['report']['macro_f1']:.4f}")
-      if score > float(best.numpy()):
-        best.assign(score)
-        best_manager.save(checkpoint_number=current)
-        if saved:   # keep the recorded best score in step with best/
-          latest.save(checkpoint_number=current)
-        patience_left = run.early_stopping_patience
-      elif run.early_stopping_patience:
-        patience_left -= 1
-        if patience_left <= 0:
-          stopped_early = True
-    if stopped_early and not saved:
-      latest.save(checkpoint_number=current)
-    writers.flush()
-    if stopped_early:
-      echo(f"Stopping early: no better validation balanced accuracy in "
-           f"{run.early_stopping_patience} evaluations.")
-      break
-
-  if not latest.latest_checkpoint:
-    latest.save(checkpoint_number=current)
-  if stopped_early and best_manager.latest_checkpoint:
-    # Early stopping ran past the best model by `patience` evaluations:
-    # export the best one (the latest checkpoint keeps the last state).
-    checkpoint.read(best_manager.latest_checkpoint).expect_partial()
-    echo(f"Exporting the best model, {best_manager.latest_checkpoint}.")
-  export_path = export.export_saved_model(
-      logdir / "export", backbone=backbone, head=head,
-      image_shape=data.image_shape, class_names=data.class_names)
-  writers.flush()
-  if not chief:
-    shutil.rmtree(logdir, ignore_errors=True)
-  echo(f"Done. TensorBoard logs: {logdir}  (view: tensorboard --logdir "
-       f"{logdir} --host 127.0.0.1)")
-  echo(f"Checkpoints: {logdir / 'checkpoints'} (best: "
-       f"{logdir / 'checkpoints' / 'best'});  export: {export_path}")
-  return RunResult(logdir=logdir, step=current,
-                   validation=last_eval.get("report", {}),
-                   best_balanced_accuracy=float(best.numpy()),
-                   export_path=export_path if chief else None,
-                   stopped_early=stopped_early, history=history,
-                   is_chief=chief)
+def _check_workers_agree(strategy: tf.distribute.Strategy, step: int) -> None:
+  """Every worker must restore the same step, or they train different runs."""
+  mine = tf.constant(float(step))
+  total = strategy.reduce(tf.distribute.ReduceOp.SUM,
+                          strategy.run(lambda: mine), axis=None)
+  replicas = strategy.num_replicas_in_sync
+  if float(total) != step * replicas:
+    raise TrainingError(f"This worker restored step {step} but the workers "
+                        f"average {float(total) / replicas:g}: every worker "
+                        f"must read the chief's checkpoints, so put --logdir "
+                        f"on a filesystem they all share.")
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

@@ -4,9 +4,11 @@ The per-replica work is split in two: `compute` (forward, loss, backward:
 where the FLOPs are, and what `xla` mode jit-compiles) and the update
 (`apply_gradients` and the head's own `update`, which talk across replicas
 and stay outside XLA: a cross-replica `merge_call` cannot be compiled).
-`train_loop` runs `steps_per_loop` steps in one compiled call with a
-`tf.while_loop` over the distributed iterator; the step count is a tensor,
-so changing it does not retrace. Nothing here needs AutoGraph (the loop is
+Between the two, every replica reports whether its images, embeddings,
+loss and gradients are finite; a step that is not finite anywhere is never
+applied (see `FAULTS`). `train_loop` runs `steps_per_loop` steps in one
+compiled call with a `tf.while_loop` over the distributed iterator; the
+step count is a tensor, so changing it does not retrace. Nothing here needs AutoGraph (the loop is
 written as a while_loop), and compiling without it saves ~10 s of source
 transformation per trace.
 """
@@ -52,6 +54,9 @@ class Steps:
     # A tf.Module does not list a Keras 3 layer's variables: collect both.
     self.variables = (list(backbone.trainable_variables)
                       + list(head.trainable_variables))
+    # What the forward pass itself moves (BatchNorm statistics, dropout
+    # seeds): put back when a step turns out not finite.
+    self.forward_state = list(backbone.non_trainable_variables)
     self._scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     self._compute = (
         tf.function(self._compute_fn, jit_compile=True, autograph=False)
@@ -72,39 +77,87 @@ class Steps:
           per_example, global_batch_size=self.global_batch_size)
       scaled = self.optimizer.scale_loss(loss) if self._scales_loss else loss
     grads = tape.gradient(scaled, self.variables)
-    return embeddings, loss, grads
+    return embeddings, loss, grads, _fault(images, embeddings, loss, grads,
+                                           check_grads=not self._scales_loss)
 
-  def _replica_step(self, images, labels):
-    embeddings, loss, grads = self._compute(images, labels)
+  def _replica_compute(self, images, labels):
+    saved = [tf.identity(v) for v in self.forward_state]
+    return (*self._compute(images, labels), saved)
+
+  def _replica_restore(self, saved):
+    for variable, value in zip(self.forward_state, saved):
+      variable.assign(value)
+    return tf.constant(0)
+
+  def _replica_apply(self, grads, embeddings, labels):
     self.optimizer.apply_gradients(zip(grads, self.variables))
     self.head.update(embeddings, labels)
-    correct = tf.reduce_sum(tf.cast(
-        tf.equal(self.head.predict(embeddings), labels), tf.float32))
-    return loss, correct
+    return tf.constant(0)
 
-  def _train_loop_fn(self, iterator, num_steps):
-    """Runs `num_steps` steps; returns mean loss and accuracy over them."""
+  def _train_loop_fn(self, iterator, num_steps, skip_budget=0):
+    """Runs up to `num_steps` steps in one call.
+
+    A step whose images, embeddings, loss or gradients are not finite on
+    any replica is never applied, and what its forward pass changed
+    (BatchNorm statistics) is put back: the loop skips it while
+    `skip_budget` allows, else stops right there.
+
+    Returns:
+      "loss" and "accuracy": means over the applied steps; "steps": batches
+      consumed (applied + skipped, and the failing one); "skipped": steps
+      skipped; "fault": 0, or the `FAULTS` code of the step that stopped
+      the loop.
+    """
     num_steps = tf.convert_to_tensor(num_steps, tf.int32)
+    skip_budget = tf.convert_to_tensor(skip_budget, tf.int32)
     reduce_sum = lambda v: self.strategy.reduce(  # noqa: E731
         tf.distribute.ReduceOp.SUM, v, axis=None)
 
-    def body(i, loss_sum, correct):
-      loss, hits = self.strategy.run(_plain(self._replica_step),
-                                     args=next(iterator))
-      return i + 1, loss_sum + reduce_sum(loss), correct + reduce_sum(hits)
+    def body(i, applied, skipped, fault, loss_sum, correct):
+      images, labels = next(iterator)
+      embeddings, loss, grads, faults, saved = self.strategy.run(
+          _plain(self._replica_compute), args=(images, labels))
+      code = _first_fault(reduce_sum(faults))
+      finite = tf.equal(code, 0)
 
+      def apply():
+        self.strategy.run(_plain(self._replica_apply),
+                          args=(grads, embeddings, labels))
+        hits = self.strategy.run(_plain(self._correct),
+                                 args=(embeddings, labels))
+        return reduce_sum(loss), reduce_sum(hits)
+
+      def undo():
+        self.strategy.run(_plain(self._replica_restore), args=(saved,))
+        return tf.constant(0.0), tf.constant(0.0)
+
+      loss_i, hits_i = tf.cond(finite, apply, undo)
+      ok = tf.cast(finite, tf.int32)
+      skip = (1 - ok) * tf.cast(skipped < skip_budget, tf.int32)
+      stop = (1 - ok) * (1 - skip)
+      return (i + 1, applied + ok, skipped + skip, code * stop,
+              loss_sum + loss_i, correct + hits_i)
+
+    state = (tf.constant(0), tf.constant(0), tf.constant(0), tf.constant(0),
+             tf.constant(0.0), tf.constant(0.0))
     if tf.executing_eagerly():   # eager mode: a plain Python loop
-      state = (0, tf.constant(0.0), tf.constant(0.0))
-      for _ in range(int(num_steps)):
+      while int(state[0]) < int(num_steps) and int(state[3]) == 0:
         state = body(*state)
     else:
-      state = tf.while_loop(lambda i, *_: i < num_steps, body,
-                            (tf.constant(0), tf.constant(0.0),
-                             tf.constant(0.0)))
-    _, loss_sum, correct = state
-    steps = tf.cast(num_steps, tf.float32)
-    return {"loss": loss_sum / steps,
-            "accuracy": correct / (steps * self.global_batch_size)}
+      state = tf.while_loop(
+          lambda i, _, __, fault, *___: tf.logical_and(i < num_steps,
+                                                       tf.equal(fault, 0)),
+          body, state)
+    consumed, applied, skipped, fault, loss_sum, correct = state
+    denominator = tf.cast(tf.maximum(applied, 1), tf.float32)
+    return {"loss": loss_sum / denominator,
+            "accuracy": correct / (denominator * self.global_batch_size),
+            "steps": consumed, "applied": applied, "skipped": skipped,
+            "fault": fault}
+
+  def _correct(self, embeddings, labels):
+    return tf.reduce_sum(tf.cast(
+        tf.equal(self.head.predict(embeddings), labels), tf.float32))
 
   def _replica_eval(self, images, labels):
     embeddings = tf.cast(self.backbone(images, training=False), tf.float32)
@@ -117,6 +170,34 @@ class Steps:
   def _eval_step_fn(self, batch):
     """One distributed eval batch: per-replica results (caller reduces)."""
     return self.strategy.run(_plain(self._replica_eval), args=batch)
+
+
+# What `_fault` reports, by precedence: the first non-finite thing in the
+# chain images -> embeddings -> loss -> gradients names the likely cause.
+FAULTS = {1: "images", 2: "embeddings", 3: "loss", 4: "gradients"}
+
+
+def _fault(images, embeddings, loss, grads, check_grads=True):
+  """int32 [4]: 1 where images, embeddings, loss, gradients are not finite.
+
+  With loss scaling (float16) the optimizer itself skips steps whose scaled
+  gradients overflow and lowers the scale, so gradients are not checked.
+  """
+  def bad(x):
+    return tf.logical_not(tf.reduce_all(tf.math.is_finite(
+        tf.cast(x, tf.float32))))
+  grads_bad = (tf.reduce_any(tf.stack([bad(g) for g in grads
+                                       if g is not None]))
+               if check_grads else tf.constant(False))
+  return tf.cast(tf.stack([bad(images), bad(embeddings), bad(loss),
+                           grads_bad]), tf.int32)
+
+
+def _first_fault(flags):
+  """Replica-summed `_fault` flags -> 0 or the code of the first fault."""
+  hit = tf.cast(flags > 0, tf.int32)
+  first = tf.argmax(hit, output_type=tf.int32) + 1
+  return tf.where(tf.reduce_any(flags > 0), first, 0)
 
 
 def _plain(fn):

@@ -1,0 +1,115 @@
+"""The run directory: one writer at a time, one model per directory.
+
+`RunLock` holds an exclusive `flock` on `<logdir>/.lock` for the life of a
+run. The kernel drops the lock when the process dies however it dies
+(SIGKILL included), so a killed run never leaves a lock that blocks its
+restart; the file itself only says who held it last. `flock` is local to
+one machine (and NFS emulates it with fcntl locks), so two hosts sharing a
+run directory must still be kept apart by the scheduler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import fcntl
+import os
+import pathlib
+import socket
+
+from cfal.errors import UsageError
+from cfal.training.config import TrainConfig
+
+LOCK_NAME = ".lock"
+
+
+class RunLock:
+  """An exclusive lock on a run directory (a context manager).
+
+  Raises:
+    UsageError: on entry, if a live process holds the directory.
+  """
+
+  def __init__(self, logdir: str | os.PathLike):
+    self.logdir = pathlib.Path(logdir)
+    self._file = None
+    self._created = False
+
+  def __enter__(self) -> "RunLock":
+    self._created = not self.logdir.exists()
+    self.logdir.mkdir(parents=True, exist_ok=True)
+    path = self.logdir / LOCK_NAME
+    handle = open(path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      handle.seek(0)
+      holder = handle.read().strip() or "another process"
+      handle.close()
+      raise UsageError(f"{self.logdir} is in use by {holder}: wait for that "
+                       f"run to finish or stop it, or use another --logdir."
+                       ) from None
+    handle.seek(0)
+    handle.truncate()
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+    handle.write(f"train.py pid {os.getpid()} on {socket.gethostname()} "
+                 f"(since {started})\n")
+    handle.flush()
+    self._file = handle
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._file is None:
+      return
+    # A run refused before it wrote anything leaves no directory behind.
+    if self._created and [p.name for p in self.logdir.iterdir()] == [
+        LOCK_NAME]:
+      (self.logdir / LOCK_NAME).unlink()
+      self.logdir.rmdir()
+    fcntl.flock(self._file, fcntl.LOCK_UN)
+    self._file.close()
+    self._file = None
+
+
+def write_atomically(path: pathlib.Path, text: str) -> None:
+  """Writes `text` so that `path` is always either old or new, never half."""
+  tmp = path.with_name(path.name + ".tmp")
+  with open(tmp, "w", encoding="utf-8") as handle:
+    handle.write(text)
+    handle.flush()
+    os.fsync(handle.fileno())
+  os.replace(tmp, path)
+
+
+# Data fields that may change on resume: where the files are, and how many
+# unreadable ones to tolerate, change neither the split nor the order.
+_FREE_DATA_FIELDS = ("data_dir", "max_bad_fraction")
+
+
+def check_run_dir(logdir: pathlib.Path, config: TrainConfig) -> None:
+  """A run directory belongs to one model: refuse to resume another."""
+  saved = logdir / "config.json"
+  if not saved.exists():
+    return
+  old = TrainConfig.load(logdir)
+  for field in ("backbone", "head", "embedding_dim"):
+    a, b = getattr(old.model, field), getattr(config.model, field)
+    if a != b:
+      raise UsageError(f"{logdir} holds a run with {field}={a}, not {b}: "
+                       f"use a new --logdir or the same {field}.")
+  # The split, the long tail and the data order depend on these; changing
+  # them on resume would mix validation examples into training.
+  free = {name: None for name in _FREE_DATA_FIELDS}
+  old_data = dataclasses.replace(old.data, **free)
+  new_data = dataclasses.replace(config.data, **free)
+  for field in dataclasses.fields(old_data):
+    a, b = getattr(old_data, field.name), getattr(new_data, field.name)
+    if a != b:
+      raise UsageError(f"{logdir} was trained with {field.name}={a}, not {b}:"
+                       f" resume with the same data flags or use a new "
+                       f"--logdir.")
+  for field in ("seed", "batch_size", "mixed_precision"):
+    a, b = getattr(old.run, field), getattr(config.run, field)
+    if a != b:
+      raise UsageError(f"{logdir} was trained with --{field}={a}, not {b}: "
+                       f"resume with the same value or use a new --logdir.")
