@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import pathlib
 
 import numpy as np
 import pytest
 
 from cfal.training.loop import build_head
+from training_utils import train_script
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RECIPES = sorted(p for p in (ROOT / "flags").rglob("*.flags")
                  if p.name != "common.flags")
 
 
-def _load_train_py():
-  spec = importlib.util.spec_from_file_location("train_script",
-                                                ROOT / "train.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-TRAIN = _load_train_py()
+TRAIN = train_script()
 
 
 def test_there_are_recipes_for_the_seeds_and_every_head():

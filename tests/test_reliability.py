@@ -251,3 +251,21 @@ def test_lock_signals_and_stale_locks(tmp_path):
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), check=False)
   assert last.returncode == 0, last.stderr[-2000:]
   assert "Resuming" in last.stdout
+
+
+def test_run_lock_is_exclusive_and_leaves_no_empty_directory(tmp_path):
+  from cfal.errors import UsageError  # pylint: disable=import-outside-toplevel
+  from cfal.training.run_dir import RunLock  # pylint: disable=import-outside-toplevel
+  logdir = tmp_path / "run"
+  with RunLock(logdir):
+    with pytest.raises(UsageError, match=f"is in use by train.py pid "
+                       f"{os.getpid()} on "):
+      with RunLock(logdir):
+        raise AssertionError("a second lock was granted")
+    (logdir / "config.json").write_text("{}")
+  with RunLock(logdir) as lock:   # released on exit
+    assert (lock.logdir / ".lock").exists()
+  assert (logdir / "config.json").exists()
+  with RunLock(tmp_path / "refused") as lock:
+    assert lock.logdir.exists()
+  assert not (tmp_path / "refused").exists()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import pathlib
+import sys
 
 import numpy as np
 
@@ -42,3 +45,16 @@ def checkpoint_weights(logdir) -> dict[str, np.ndarray]:
     if np.issubdtype(np.asarray(value).dtype, np.number):
       weights[name] = value
   return weights
+
+
+def train_script():
+  """train.py as a module, loaded once per process (absl flags can only be
+  defined once)."""
+  if "train_script" not in sys.modules:
+    root = pathlib.Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("train_script",
+                                                  root / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_script"] = module
+    spec.loader.exec_module(module)
+  return sys.modules["train_script"]
