@@ -269,3 +269,16 @@ def test_run_lock_is_exclusive_and_leaves_no_empty_directory(tmp_path):
   with RunLock(tmp_path / "refused") as lock:
     assert lock.logdir.exists()
   assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.slow
+def test_soak_twenty_kills_end_bit_identical(tmp_path):
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location("soak",
+                                                ROOT / "bench" / "soak.py")
+  soak = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(soak)
+  result = soak.soak(tmp_path, cycles=20, seed=0)
+  assert all(k["exit"] == -signal.SIGKILL for k in result["kills"])
+  assert result["differing_variables"] == []
+  assert result["same_validation"] and result["same_best_checkpoint"]

@@ -214,43 +214,70 @@ def _free_ports(n):
   return ports
 
 
-def test_two_workers_on_loopback_complete_and_agree(tmp_path):
+def _two_workers(logdirs, train_steps):
+  """Runs a 2-worker MultiWorkerMirroredStrategy run on 127.0.0.1; returns
+  each worker's (exit code, RESULT dict or None, stderr)."""
   ports = _free_ports(2)
   workers = [f"127.0.0.1:{p}" for p in ports]
   script = textwrap.dedent(f"""
       import json, sys
-      import numpy as np
       sys.path.insert(0, {str(ROOT / 'tests')!r})
       from training_utils import small_config
+      from cfal import cli
       from cfal.training.loop import train
-      config = small_config({str(tmp_path / 'run')!r}, head="center_loss",
-                            train_steps=6, steps_per_loop=3,
+      config = small_config(sys.argv[1], head="center_loss",
+                            train_steps={train_steps}, steps_per_loop=3,
                             strategy="multi_worker")
-      result = train(config, echo=lambda _: None)
-      import tensorflow as tf
-      print("RESULT", json.dumps({{"chief": result.is_chief,
-                                  "step": result.step,
-                                  "loss": result.history[-1]["loss"]}}))
+      def body():
+        result = train(config, echo=lambda _: None)
+        print("RESULT", json.dumps({{"chief": result.is_chief,
+                                    "step": result.step,
+                                    "loss": result.history[-1]["loss"]}}))
+      sys.exit(cli.run("worker", ["worker"], body, verbose=False))
       """)
   procs = []
-  for index in range(2):
+  for index, logdir in enumerate(logdirs):
     env = dict(os.environ, TF_CONFIG=json.dumps(
         {"cluster": {"worker": workers},
          "task": {"type": "worker", "index": index}}))
-    procs.append(subprocess.Popen([sys.executable, "-c", script], env=env,
-                                  stdout=subprocess.PIPE,
+    procs.append(subprocess.Popen([sys.executable, "-c", script, str(logdir)],
+                                  env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True))
-  outputs = []
+  outcomes = []
   for proc in procs:
     out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
-    line = [l for l in out.splitlines() if l.startswith("RESULT ")][-1]
-    outputs.append(json.loads(line[len("RESULT "):]))
+    lines = [l for l in out.splitlines() if l.startswith("RESULT ")]
+    outcomes.append((proc.returncode,
+                     json.loads(lines[-1][len("RESULT "):]) if lines else None,
+                     err))
+  return outcomes
+
+
+def test_two_workers_on_loopback_complete_and_agree(tmp_path):
+  outcomes = _two_workers([tmp_path / "run"] * 2, train_steps=6)
+  for code, _, err in outcomes:
+    assert code == 0, err[-3000:]
+  outputs = [result for _, result, _ in outcomes]
   assert [o["chief"] for o in outputs] == [True, False]
   assert all(o["step"] == 6 for o in outputs)
   assert outputs[0]["loss"] == pytest.approx(outputs[1]["loss"], rel=1e-6)
   assert (tmp_path / "run" / "export" / "saved_model.pb").exists()
   assert not list(tmp_path.glob("run/worker*"))
+
+
+@pytest.mark.slow
+def test_workers_that_see_different_checkpoints_refuse_to_train(tmp_path):
+  # The chief's run directory has a checkpoint the other worker cannot
+  # see (no shared filesystem): both must stop instead of diverging.
+  train(small_config(tmp_path / "chief", head="center_loss", train_steps=6,
+                     steps_per_loop=3), echo=lambda _: None)
+  outcomes = _two_workers([tmp_path / "chief", tmp_path / "elsewhere"],
+                          train_steps=12)
+  for (code, _, err), step in zip(outcomes, (6, 0)):
+    assert code == 1, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith(
+        f"worker: This worker restored step {step} but the workers average "
+        f"3: every worker must read the chief's checkpoints"), err[-1000:]
 
 
 def test_folder_dataset_with_tiff_and_a_corrupt_file(tmp_path):

@@ -374,18 +374,24 @@ class _Run:
                 f"{current}; {int(self.skipped.numpy())} of "
                 f"{run.skip_nonfinite_steps} allowed so far.")
     loss, accuracy = float(results["loss"]), float(results["accuracy"])
-    rate = consumed * run.batch_size / seconds
     self.history.append({"step": current, "loss": loss,
                          "accuracy": accuracy})
-    summaries.write_scalars(self.writers.train, {
-        "loss": loss, "accuracy": accuracy,
-        "learning_rate": float(self.optimizer.learning_rate),
-        "examples_per_second": rate,
-        "skipped_steps": float(self.skipped.numpy())}, current)
+    scalars = {"loss": loss, "accuracy": accuracy,
+               "learning_rate": float(self.optimizer.learning_rate),
+               "skipped_steps": float(self.skipped.numpy())}
+    # The first call of a process also traces and compiles: no rate, no ETA.
+    first = not timer.timed
+    if not first:
+      scalars["examples_per_second"] = consumed * run.batch_size / seconds
+    summaries.write_scalars(self.writers.train, scalars, current)
+    speed = ("first call, compiling" if first else
+             f"{scalars['examples_per_second']:.0f} examples/s  ETA "
+             f"{timer.eta(consumed, seconds)}")
+    if first:
+      timer.skip(consumed)
     self.echo(f"step {current}/{self.total_steps}  epoch "
               f"{current / self.per_epoch:.2f}  loss {loss:.4f}  accuracy "
-              f"{accuracy:.3f}  {rate:.0f} examples/s  ETA "
-              f"{timer.eta(consumed, seconds)}")
+              f"{accuracy:.3f}  {speed}")
     return current
 
   def _validate(self, step: int) -> bool:
@@ -586,14 +592,21 @@ def _hparams(config: TrainConfig, mode: str) -> dict:
 
 
 class _Timer:
-  """ETA from the average time per step so far."""
+  """ETA from the average time per step so far (compiling excluded)."""
 
   def __init__(self, remaining: int):
     self.remaining = remaining
     self.seconds = 0.0
     self.done = 0
+    self.timed = False
+
+  def skip(self, steps: int) -> None:
+    """Counts steps whose time is not representative (the first call)."""
+    self.remaining -= steps
+    self.timed = True
 
   def eta(self, steps: int, seconds: float) -> str:
+    self.timed = True
     self.done += steps
     self.seconds += seconds
     left = max(0, self.remaining - self.done) * self.seconds / max(self.done, 1)
