@@ -178,6 +178,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path):
   assert len(lines) == 1, lines
   assert lines[0].startswith("train.py: Could not write the checkpoint of "
                              "step 15")
+  assert "(File too large); the previous checkpoint " in lines[0]
   assert "ckpt-10 is intact" in lines[0] and "Free space" in lines[0]
   checkpoints = tmp_path / "run" / "checkpoints"
   assert tf.train.latest_checkpoint(str(checkpoints)).endswith("ckpt-10")

@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import math
 import pathlib
+import re
 import shutil
 import tempfile
 import time
@@ -428,7 +429,7 @@ class _Run:
       manager.save(checkpoint_number=step)
     except (tf.errors.OpError, OSError) as error:
       _remove_unlisted(pathlib.Path(manager.directory), step)
-      reason = str(error).strip().splitlines()[0][:200]
+      reason = _os_reason(error)
       kept = (f"the previous checkpoint {previous} is intact" if previous
               else "no earlier checkpoint exists")
       raise TrainingError(f"Could not write the checkpoint of step {step} to "
@@ -473,6 +474,14 @@ def _load(config: TrainConfig) -> datasets.DataBundle:
     if isinstance(error, datasets.DataError):
       raise
     raise UsageError(str(error)) from None
+
+
+def _os_reason(error: Exception) -> str:
+  """"No space left on device" out of TensorFlow's wrapped I/O errors."""
+  text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+  text = re.sub(r"\{\{.*?\}\}\s*", "", text)   # {{function_node ...}}
+  text = re.sub(r"\s*\[Op:\w+\]$", "", text)
+  return (text.rpartition("; ")[2] or text or type(error).__name__)[:200]
 
 
 def _remove_unlisted(directory: pathlib.Path, step: int) -> None:
