@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: test test-slow train data clean-venv
+.PHONY: test test-slow train data clean-venv bench
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ test-slow: $(STAMP) data
 # The main job: `make train`, or `make train ARGS="--head=arcface --epochs=5"`.
 train: $(STAMP) data
 	$(PY) train.py $(ARGS)
+
+# Every benchmark in bench/, one after another, then BENCHMARKS.md
+# (`make bench ARGS=--quick` for smoke runs).
+bench: $(STAMP) data
+	$(PY) bench/run_all.py $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
