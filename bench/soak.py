@@ -66,7 +66,9 @@ def run_and_kill(logdir: pathlib.Path, rng: random.Random) -> dict:
   def read() -> None:
     for line in process.stdout:
       lines.append(line.rstrip())
-      if line.startswith(("step ", "validation", "Done")):
+      # Training is under way once steps run (after the first compiled
+      # call); a finished run's rerun only evaluates and exports again.
+      if line.startswith(("step ", "validation at step 120")):
         started.set()
     started.set()   # exited before a kill
   reader = threading.Thread(target=read, daemon=True)
