@@ -25,7 +25,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from bench import common  # noqa: E402
 from bench.report import ORDER  # noqa: E402
 
-NOT_PROGRAMS = {"__init__", "common", "report", "run_all"}
+# Helpers, and the soak: a reliability check (tests/test_reliability.py runs
+# it too) that would take a sixth of the 30 minutes `make bench` may use.
+NOT_PROGRAMS = {"__init__", "common", "report", "run_all", "soak"}
 TIMEOUT_MINUTES = 20.0
 
 

@@ -9,6 +9,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import cfal  # noqa: E402,F401  (before TensorFlow: its oneDNN setting)
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
