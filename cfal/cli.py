@@ -26,6 +26,8 @@ def run(program: str, argv: list[str], body: Callable[[], None], *,
     return 2
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   logging.set_verbosity(logging.WARNING)
+  if not verbose:
+    _import_tensorflow_quietly()
   from cfal.data.errors import DataError  # pylint: disable=import-outside-toplevel
   from cfal.errors import (  # pylint: disable=import-outside-toplevel
       Interrupted, TrainingError, UsageError)
@@ -40,3 +42,25 @@ def run(program: str, argv: list[str], body: Callable[[], None], *,
     print(f"{program}: {error}", file=sys.stderr)
     return 2 if isinstance(error, UsageError) else 1
   return 0
+
+
+def _import_tensorflow_quietly() -> None:
+  """Imports TensorFlow with the C++ stderr of its start-up silenced.
+
+  Its native libraries log banners at load time ("oneDNN custom operations
+  are on", CPU feature notes) that ignore TF_CPP_MIN_LOG_LEVEL and would
+  bury a one-line error. Python-level failures still raise normally;
+  `--verbose` imports without this.
+  """
+  if "tensorflow" in sys.modules:
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(devnull, 2)
+    import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)

@@ -135,15 +135,18 @@ def main(argv: list[str]) -> int:
   config_path, point = argv[1], argv[2]
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-  # pylint: disable=import-outside-toplevel
-  from cfal import cli
-  from cfal.training.config import TrainConfig
-  from cfal.training.loop import train
-  config = TrainConfig.from_json(pathlib.Path(config_path).read_text())
-  install(point)
-  return cli.run("train.py", ["train.py"],
-                 lambda: train(config, echo=lambda m: print(m, flush=True)),
-                 verbose=False)
+  from cfal import cli  # pylint: disable=import-outside-toplevel
+
+  def body() -> None:
+    # Imported here, after cli.run has imported TensorFlow quietly.
+    # pylint: disable=import-outside-toplevel
+    from cfal.training.config import TrainConfig
+    from cfal.training.loop import train
+    config = TrainConfig.from_json(pathlib.Path(config_path).read_text())
+    install(point)
+    train(config, echo=lambda m: print(m, flush=True))
+
+  return cli.run("train.py", ["train.py"], body, verbose=False)
 
 
 if __name__ == "__main__":
