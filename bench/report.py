@@ -158,9 +158,12 @@ def section(name: str, data: dict | None) -> str:
   return "\n".join(lines).rstrip()
 
 
-def render(results: dict[str, dict]) -> str:
+def render(results: dict[str, dict], status: str = "") -> str:
   names = ordered_names(results)
-  parts = [intro(names, results), "## Targets",
+  parts = [intro(names, results)]
+  if status:
+    parts.append(f"**Status:** {status}")
+  parts += ["## Targets",
            targets_table(names, results)]
   parts += [section(name, results.get(name)) for name in names]
   return "\n\n".join(parts) + "\n"
@@ -170,8 +173,11 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--check", action="store_true",
                       help="only check that BENCHMARKS.md is up to date")
+  parser.add_argument("--status", default="",
+                      help="a paragraph on the state of these results, "
+                      "e.g. runs that still need repeating")
   args = parser.parse_args()
-  text = render(load_results(common.RESULTS))
+  text = render(load_results(common.RESULTS), args.status)
   if args.check:
     current = OUTPUT.read_text() if OUTPUT.exists() else ""
     if current != text:
