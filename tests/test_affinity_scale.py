@@ -79,7 +79,7 @@ def test_distances_precise_with_large_norm_prototypes():
 def test_ten_thousand_classes_three_centers(cls):
   """C=10,000, m=3, D=512, N=256: the direct form needs a 15.7 GB
   [N, C, m, D] tensor and a 1.8 TB [M, M, D] one; this step adds about
-  0.9 GiB to the process (bench/affinity_memory.py measures it)."""
+  0.9 GiB to the process (bench/heads.py measures it)."""
   head = cls(num_classes=10_000, embedding_dim=512, num_centers=3,
              sigma=512.0, seed=0)
   x = tf.random.stateless_normal([256, 512], seed=[1, 2])
