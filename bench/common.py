@@ -10,6 +10,7 @@ or missed, by how much); `bench/report.py` gathers them into BENCHMARKS.md.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -94,18 +95,14 @@ def machine() -> dict:
   """Facts that make a result interpretable later."""
   info = {"python": platform.python_version(), "cpus": os.cpu_count(),
           "platform": platform.platform()}
-  try:
+  with contextlib.suppress(OSError):   # not Linux: no CPU model
     for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
       if line.startswith("model name"):
         info["cpu"] = line.split(":", 1)[1].strip()
         break
-  except OSError:
-    pass
-  try:
+  with contextlib.suppress(ImportError):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     info["tensorflow"] = tf.__version__
-  except ImportError:
-    pass
   return info
 
 

@@ -43,6 +43,7 @@ Only the full run saves its results; --quick and partial runs print them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import pathlib
@@ -587,10 +588,8 @@ def parse_configs(text: str) -> list[tuple[int, int]]:
 def command_line(script: str) -> str:
   """The command that reruns this program, the venv's python relative."""
   python = pathlib.Path(sys.executable)
-  try:
+  with contextlib.suppress(ValueError):   # a python outside the repo
     python = python.relative_to(common.ROOT)
-  except ValueError:
-    pass
   return " ".join([str(python), script, *sys.argv[1:]])
 
 
