@@ -107,7 +107,7 @@ flags.DEFINE_integer("projector_points", 2000, "Validation embeddings saved "
                      "for TensorBoard's projector.")
 flags.DEFINE_bool("deterministic", False, "TensorFlow op determinism: a "
                   "killed and resumed run ends bit-identical to an "
-                  "uninterrupted one (slower on GPUs).")
+                  "uninterrupted one (slower on GPUs; never XLA).")
 flags.DEFINE_integer("skip_nonfinite_steps", 0, "Skip up to N steps whose "
                      "loss or gradients are not finite (never applying "
                      "them) instead of stopping at the first.")

@@ -51,6 +51,20 @@ def export_embeddings(logdir) -> np.ndarray:
   return model.embed(images)["embeddings"].numpy()
 
 
+def test_determinism_ends_with_the_run(tmp_path):
+  """Op determinism is process-wide in TensorFlow; left on, it broke a
+  later XLA run in the same process (no deterministic XLA MaxPool
+  gradient). A run now restores the setting it found."""
+  from tensorflow.python.framework import config as tf_config  # pylint: disable=import-outside-toplevel
+  train(deterministic_config(tmp_path / "det", train_steps=2,
+                             eval_every=2), echo=lambda _: None)
+  assert not tf_config.is_op_determinism_enabled()
+  result = train(small_config(tmp_path / "xla", train_steps=2,
+                              steps_per_loop=2, step_mode="xla"),
+                 echo=lambda _: None)
+  assert result.step == 2
+
+
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
   """The uninterrupted run every interrupted one must equal."""

@@ -345,6 +345,7 @@ def test_early_stopping_stops_and_keeps_the_best(tmp_path):
     (["--imbalance_ratio=0.5"], "--imbalance_ratio"),
     (["--cpu_replicas=3"], "divisible"),
     (["--cpu_replicas=2", "--step_mode=xla"], "--step_mode=xla"),
+    (["--deterministic", "--step_mode=xla"], "--deterministic"),
     (["--gpus=1", "--cpu_replicas=2"], "contradict"),
     (["--head=nope"], "Unknown --head"),
 ])

@@ -142,3 +142,24 @@ def dtype_policy(precision: str) -> Iterator[None]:
     yield
   finally:
     keras.mixed_precision.set_global_policy(previous)
+
+
+@contextlib.contextmanager
+def op_determinism(enabled: bool) -> Iterator[None]:
+  """Turns on TensorFlow's op determinism for a run, restoring it after.
+
+  The public API can only switch determinism on, for the whole process;
+  left on, it would make later XLA steps in the same process fail (XLA has
+  no deterministic MaxPool gradient). The switch back uses the function
+  that `tf.config.experimental.enable_op_determinism` itself lives beside.
+  """
+  # pylint: disable=import-outside-toplevel
+  from tensorflow.python.framework import config as tf_config
+  previous = tf_config.is_op_determinism_enabled()
+  if enabled and not previous:
+    tf_config.enable_op_determinism()
+  try:
+    yield
+  finally:
+    if enabled and not previous:
+      tf_config.disable_op_determinism()

@@ -29,7 +29,7 @@ from cfal.data import datasets, pipeline
 from cfal.errors import Interrupted, TrainingError, UsageError
 from cfal.metrics.classification import classification_report
 from cfal.training import export, summaries
-from cfal.training.config import TrainConfig, dtype_policy
+from cfal.training.config import TrainConfig, dtype_policy, op_determinism
 from cfal.training.faults import nonfinite_message, nonfinite_variables
 from cfal.training.interrupts import StopRequests, signal_name
 from cfal.training.run_dir import RunLock, check_run_dir, write_atomically
@@ -53,19 +53,26 @@ class RunResult:
   is_chief: bool = True
 
 
-def resolve_step_mode(mode: str, strategy: tf.distribute.Strategy) -> str:
+def resolve_step_mode(mode: str, strategy: tf.distribute.Strategy, *,
+                      deterministic: bool = False) -> str:
   """`auto` -> what was measured fastest on the devices present.
 
   On CPU, XLA made conv train steps about 2x slower than plain tf.function;
   on a GPU XLA usually wins. With several replicas the synchronized
   BatchNorm all-reduces inside the compiled forward pass, which XLA can
   only compile when every replica is a GPU; `auto` then stays with
-  `function`, and an explicit `xla` over CPU replicas is refused.
+  `function`, and an explicit `xla` over CPU replicas is refused. XLA has
+  no deterministic MaxPool gradient, so a deterministic run never uses it.
   """
   replicas = strategy.num_replicas_in_sync
   gpus = bool(tf.config.list_physical_devices("GPU"))
   if mode == "auto":
-    return "xla" if gpus and replicas == 1 else "function"
+    use_xla = gpus and replicas == 1 and not deterministic
+    return "xla" if use_xla else "function"
+  if mode == "xla" and deterministic:
+    raise UsageError("--deterministic cannot use --step_mode=xla: XLA has no "
+                     "deterministic MaxPool gradient; use --step_mode=function"
+                     " (or auto).")
   if mode == "xla" and replicas > 1 and not gpus:
     raise UsageError(f"--step_mode=xla cannot compile the cross-replica "
                      f"BatchNorm of {replicas} CPU replicas; use "
@@ -145,8 +152,8 @@ def train(config: TrainConfig, *, echo: Printer = print) -> RunResult:
   """Trains as `config` says; resumes if `config.run.logdir` has a run.
 
   The Keras dtype policy that `mixed_precision` needs is set for the run
-  and restored afterwards. `deterministic` turns on TensorFlow's op
-  determinism for the rest of the process (it cannot be turned off).
+  and restored afterwards; so is TensorFlow's op determinism, which
+  `deterministic` turns on.
 
   Raises:
     UsageError: a configuration that cannot work, or a run directory in
@@ -156,13 +163,12 @@ def train(config: TrainConfig, *, echo: Printer = print) -> RunResult:
       written; the last complete checkpoint is intact.
     Interrupted: SIGTERM/SIGINT arrived; a checkpoint was saved first.
   """
-  if config.run.deterministic:
-    tf.config.experimental.enable_op_determinism()
-  with dtype_policy(config.run.mixed_precision):
-    run = config.run
+  run = config.run
+  with dtype_policy(run.mixed_precision), op_determinism(run.deterministic):
     strategy = make_strategy(run.strategy, gpus=run.gpus,
                              cpu_replicas=run.cpu_replicas)
-    mode = resolve_step_mode(run.step_mode, strategy)
+    mode = resolve_step_mode(run.step_mode, strategy,
+                             deterministic=run.deterministic)
     if run.batch_size % strategy.num_replicas_in_sync:
       raise UsageError(f"--batch_size={run.batch_size} must be divisible by "
                        f"the {strategy.num_replicas_in_sync} replicas.")
