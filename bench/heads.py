@@ -78,6 +78,8 @@ MIN_RATIO_MIB = 4.0      # below this softmax peak, memory shows in MiB
 SAMPLE_SECONDS = 0.03    # a timing sample repeats short steps to this length
 TIMING_SECONDS = 4.0     # rough time given to the timed rounds of one config
 MIN_REPEATS, MAX_REPEATS, LARGE_C_REPEATS = 3, 15, 2
+TRAIN_STEP_HEADS = ("softmax", "cfal")   # the whole-step comparison
+TRAIN_STEP_CALL, TRAIN_STEP_REPEATS = 10, 7
 MEMORY_CALLS = 3          # measured calls per head, while a call is fast:
 SLOW_CALL_SECONDS = 1.0   # one such call is enough
 
@@ -316,6 +318,54 @@ def child_affinity(classes_list: Sequence[int], limit_gib: float) -> None:
       break
 
 
+def child_train_step(quick: bool) -> dict:
+  """The default recipe's whole train step with each of `TRAIN_STEP_HEADS`.
+
+  Built as train.py builds it (bench.time_to_accuracy.build_steps: seed CNN,
+  embedding 64, batch 128, Adam), fed one real Fashion-MNIST batch from
+  memory so input costs nothing; calls of `TRAIN_STEP_CALL` steps, the heads
+  round-robin, median over the rounds.
+  """
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from bench.time_to_accuracy import build_steps
+  from cfal.data import datasets, pipeline
+  from cfal.training.config import ModelConfig, TrainConfig
+  from cfal.training.strategy import make_strategy
+  strategy = make_strategy()
+  base = TrainConfig()
+  data = datasets.load_data(base.data)
+  batch = next(iter(pipeline.train_dataset(
+      data.source, data.train_indices,
+      global_batch_size=base.run.batch_size, seed=1)))
+  batches = iter(strategy.experimental_distribute_dataset(
+      tf.data.Dataset.from_tensors(batch).repeat()))
+  steps = tf.constant(TRAIN_STEP_CALL)
+  calls, rows = {}, {}
+  for name in TRAIN_STEP_HEADS:
+    config = dataclasses.replace(base, model=ModelConfig(head=name))
+    train = build_steps(config, data, strategy, total_steps=10_000)
+    began = time.perf_counter()
+    train.train_loop(batches, steps)            # tracing and warm-up
+    rows[name] = {"trace_s": time.perf_counter() - began}
+    calls[name] = lambda t=train: train_loss(t, batches, steps)
+  repeats = MIN_REPEATS if quick else TRAIN_STEP_REPEATS
+  times = common.interleaved(calls, repeats, warmup=0)
+  for name, samples in times.items():
+    per_step = [t / TRAIN_STEP_CALL for t in samples]
+    rows[name].update(step_s=common.median(per_step), samples_s=per_step)
+  return {"batch": base.run.batch_size, "backbone": base.model.backbone,
+          "embedding_dim": base.model.embedding_dim,
+          "steps_per_call": TRAIN_STEP_CALL, "repeats": repeats,
+          "heads": rows}
+
+
+def train_loss(train, batches, steps) -> float:
+  """One compiled call of `steps` train steps; its mean loss."""
+  return float(train.train_loop(batches, steps)["loss"])
+
+
 # ---------------------------------------------------------------------------
 # The parent: children one after another, then tables and findings.
 
@@ -367,6 +417,12 @@ def run_affinity(classes_list: Sequence[int], limit_gib: float) -> list[dict]:
                  "status": out.get("status", "crashed before reporting"),
                  "stderr": out.get("stderr", "")})
   return rows
+
+
+def run_train_step(quick: bool) -> dict:
+  """The whole-train-step child."""
+  argv = [__file__, "--child", "train_step"] + (["--quick"] if quick else [])
+  return timed_child(argv, "whole train step, softmax vs cfal")
 
 
 def _span(values: Sequence[int]) -> str:
@@ -463,7 +519,24 @@ def _ratio_to_softmax(result: dict, name: str) -> float | None:
   return row["step_s"] / base["step_s"]
 
 
-def time_finding(results: Sequence[dict]) -> str:
+def train_step_table(whole: dict) -> str:
+  heads = whole["heads"]
+  base = heads["softmax"]["step_s"]
+  return common.markdown_table(
+      ["head", "train step", "x softmax", "tracing"],
+      [[name, f"{row['step_s'] * 1e3:.1f} ms", f"{row['step_s'] / base:.3f}",
+        f"{row['trace_s']:.1f} s"] for name, row in heads.items()],
+      align="lrrr")
+
+
+def whole_step_ratio(whole: dict) -> float | None:
+  heads = whole.get("heads", {})
+  if "cfal" not in heads or "softmax" not in heads:
+    return None
+  return heads["cfal"]["step_s"] / heads["softmax"]["step_s"]
+
+
+def time_finding(results: Sequence[dict], whole: dict) -> str:
   """The target: CFAL step time within 1.1x of softmax at 10 classes."""
   small = [r for r in results if r["classes"] == 10
            and _ratio_to_softmax(r, "cfal") is not None]
@@ -486,7 +559,26 @@ def time_finding(results: Sequence[dict]) -> str:
           f"with D, element-wise passes over the [N, D] embeddings (the "
           f"shift, the exact own-class distances) that softmax does not "
           f"make; center loss, whose extra work is such a pass, takes "
-          f"{center_s}.")
+          f"{center_s}.{whole_step_text(small, whole)}")
+
+
+def whole_step_text(small: Sequence[dict], whole: dict) -> str:
+  """What the head's fixed cost amounts to in a real train step."""
+  ratio = whole_step_ratio(whole)
+  if ratio is None:
+    return ""
+  heads = whole["heads"]
+  extra_ms = (heads["cfal"]["step_s"] - heads["softmax"]["step_s"]) * 1e3
+  head_ms = [(r["heads"]["cfal"]["step_s"] - r["heads"]["softmax"]["step_s"])
+             * 1e3 for r in small]
+  verdict = ("within the target" if ratio <= TIME_TARGET
+             else f"over the target by {ratio / TIME_TARGET:.2f}x")
+  return (f" In the step a user runs, the default recipe's whole train step "
+          f"({whole['backbone']}, batch {whole['batch']}), CFAL takes "
+          f"{ratio:.3f}x softmax's time ({extra_ms:+.1f} ms of "
+          f"{heads['softmax']['step_s'] * 1e3:.0f} ms; the head-only "
+          f"difference above is {', '.join(f'{m:.2f}' for m in head_ms)} ms): "
+          f"{verdict}.")
 
 
 def memory_finding(rows: Sequence[dict], limit_gib: float) -> str:
@@ -531,7 +623,7 @@ def memory_finding(rows: Sequence[dict], limit_gib: float) -> str:
           f"target >= {MEMORY_TARGET:.0f}x less {verdict}.")
 
 
-def report(results: Sequence[dict], affinity: Sequence[dict],
+def report(results: Sequence[dict], affinity: Sequence[dict], whole: dict,
            limit_gib: float) -> tuple[list[dict], list[str]]:
   """Tables and findings for bench.common.write_result."""
   rounds = [r["repeats"] for r in results if "repeats" in r] or [0]
@@ -573,7 +665,17 @@ def report(results: Sequence[dict], affinity: Sequence[dict],
                  f"weights computes the same loss as the direct form, which "
                  f"runs at growing C until its first failure. The last "
                  f"column is what the direct form must hold, computed.")})
-  findings = [time_finding(results)]
+  if whole.get("heads"):
+    tables.append({
+        "title": "The whole train step: CFAL against softmax",
+        "markdown": train_step_table(whole),
+        "note": (f"Default recipe ({whole['backbone']}, embedding "
+                 f"{whole['embedding_dim']}, batch {whole['batch']}, Adam) as "
+                 f"train.py builds it, fed one real Fashion-MNIST batch from "
+                 f"memory; calls of {whole['steps_per_call']} steps, the "
+                 f"heads round-robin, median over {whole['repeats']} rounds; "
+                 f"tracing excluded.")})
+  findings = [time_finding(results, whole)]
   if affinity:
     findings.append(memory_finding(affinity, limit_gib))
   return tables, findings
@@ -602,7 +704,9 @@ def main() -> None:
   parser.add_argument("--no-affinity", dest="affinity", action="store_false")
   parser.add_argument("--limit_gib", type=float, default=16.0,
                       help="address-space limit of the affinity child")
-  parser.add_argument("--child", choices=("heads", "affinity"),
+  parser.add_argument("--no-train-step", dest="train_step",
+                      action="store_false")
+  parser.add_argument("--child", choices=("heads", "affinity", "train_step"),
                       help=argparse.SUPPRESS)
   args = parser.parse_args()
   configs = (parse_configs(args.configs) if args.configs
@@ -617,22 +721,27 @@ def main() -> None:
   if args.child == "affinity":
     child_affinity(affinity_classes, args.limit_gib)
     return
+  if args.child == "train_step":
+    print(json.dumps(child_train_step(args.quick)))
+    return
 
   began = time.perf_counter()
   results = run_heads(configs, args.quick)
   affinity = (run_affinity(affinity_classes, args.limit_gib)
               if args.affinity else [])
-  tables, findings = report(results, affinity, args.limit_gib)
+  whole = run_train_step(args.quick) if args.train_step else {}
+  tables, findings = report(results, affinity, whole, args.limit_gib)
   for table in tables:
     print(f"\n{table['title']}\n\n{table['markdown']}\n\n{table['note']}")
   print("\n" + "\n".join(f"- {f}" for f in findings))
-  if args.quick or args.configs or args.affinity_classes or not args.affinity:
+  if (args.quick or args.configs or args.affinity_classes
+      or not args.affinity or not args.train_step):
     print("\n(a --quick or partial run: results not saved)")
   else:
     path = common.write_result(
         "heads", command=command_line("bench/heads.py"), tables=tables,
         findings=findings, results={"batch": BATCH, "configs": results,
-                                    "affinity": affinity,
+                                    "affinity": affinity, "train_step": whole,
                                     "limit_gib": args.limit_gib},
         seconds=time.perf_counter() - began)
     print(f"\nwrote {path.relative_to(common.ROOT)}")

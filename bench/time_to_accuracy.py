@@ -70,7 +70,8 @@ from cfal.training import loop  # noqa: E402
 from cfal.training.config import (OptimizerConfig, RunConfig,  # noqa: E402
                                   TrainConfig, dtype_policy)
 from cfal.training.steps import Steps  # noqa: E402
-from cfal.training.strategy import make_strategy  # noqa: E402
+from cfal.training.strategy import (make_strategy,  # noqa: E402
+                                    slow_bfloat16_note)
 
 EVAL_BATCH = 500
 RECIPE_EPOCHS = 2.0
@@ -522,6 +523,15 @@ def findings(outcomes: list[Outcome], speeds: dict[str, dict],
              for name, s in speeds.items() if name != DEFAULT.name]
     found.append("Training throughput (examples/s) against the default: "
                  + "; ".join(parts) + ".")
+  bf16 = speeds.get("cfal bfloat16")
+  if bf16 and slow_bfloat16_note("bfloat16"):
+    ratio = speeds[DEFAULT.name]["seconds_per_step"] / bf16["seconds_per_step"]
+    found.append(f"bfloat16 cannot help here: this CPU lacks native bf16 "
+                 f"instructions (no avx512_bf16, amx_bf16 or bf16 in "
+                 f"/proc/cpuinfo), so oneDNN emulates it and the step runs at "
+                 f"{ratio:.2f}x float32's speed; train.py warns when asked "
+                 f"for it on such a CPU. On CPUs with AVX512-BF16 or AMX, or "
+                 f"on GPUs, it is worth measuring again.")
   return found
 
 

@@ -315,8 +315,14 @@ def test_mixed_precision_trains_with_float32_heads(precision, tmp_path):
   before = keras.mixed_precision.global_policy().name
   config = small_config(tmp_path, head="cfal", head_args={"sigma": 16.0},
                         mixed_precision=precision)
-  result = train(config, echo=lambda _: None)
+  lines = []
+  result = train(config, echo=lines.append)
   assert all(np.isfinite(h["loss"]) for h in result.history)
+  flags = set(pathlib.Path("/proc/cpuinfo").read_text().split())
+  emulated = precision == "bfloat16" and not flags & {
+      "avx512_bf16", "amx_bf16", "bf16"}
+  warned = [l for l in lines if "no native bfloat16" in l]
+  assert len(warned) == emulated, lines
   assert keras.mixed_precision.global_policy().name == before   # restored
   weights = checkpoint_weights(tmp_path)
   head = [k for k in weights if k.startswith("head/prototypes")]

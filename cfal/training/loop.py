@@ -34,7 +34,7 @@ from cfal.training.faults import nonfinite_message, nonfinite_variables
 from cfal.training.interrupts import StopRequests, signal_name
 from cfal.training.run_dir import RunLock, check_run_dir, write_atomically
 from cfal.training.steps import Steps
-from cfal.training.strategy import make_strategy
+from cfal.training.strategy import make_strategy, slow_bfloat16_note
 
 Printer = Callable[[str], None]
 
@@ -187,6 +187,9 @@ def train(config: TrainConfig, *, echo: Printer = print) -> RunResult:
                     chief=False).train()
       finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    slow_note = slow_bfloat16_note(run.mixed_precision)
+    if slow_note:
+      echo(f"warning: {slow_note}")
     with RunLock(logdir):
       return _Run(config, strategy, mode, logdir, echo, chief=True).train()
 

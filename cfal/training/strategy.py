@@ -51,6 +51,30 @@ def make_strategy(kind: str = "default", *, gpus: int = 0,
   return tf.distribute.get_strategy()
 
 
+def slow_bfloat16_note(precision: str) -> str | None:
+  """A warning when bfloat16 would run emulated on this machine's CPU.
+
+  Without a GPU, bfloat16 math is fast only on CPUs with native bf16
+  instructions (x86 AVX512-BF16 or AMX, Arm BF16). Elsewhere oneDNN
+  converts every tensor to float32 and back; on an AMD Zen 3 without them
+  the default recipe's step ran 10x slower (bench/time_to_accuracy.py).
+  Returns None when there is nothing to warn about, or the CPU's features
+  cannot be read.
+  """
+  if precision != "bfloat16" or tf.config.list_physical_devices("GPU"):
+    return None
+  try:
+    with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+      words = set(info.read().split())
+  except OSError:
+    return None
+  if words & {"avx512_bf16", "amx_bf16", "bf16"}:
+    return None
+  return ("this CPU has no native bfloat16 instructions (AVX512-BF16, AMX "
+          "or Arm BF16), so --mixed_precision=bfloat16 is emulated and "
+          "much slower (10x measured on AMD Zen 3); float32 is faster here.")
+
+
 def _split_cpu(replicas: int) -> None:
   cpu = tf.config.list_physical_devices("CPU")[0]
   wanted = [tf.config.LogicalDeviceConfiguration()] * replicas
