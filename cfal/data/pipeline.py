@@ -146,10 +146,13 @@ def train_dataset(source: ImageSource, indices: np.ndarray, *,
   index_table = tf.constant(np.asarray(indices, np.int64))
   label_table = tf.constant(source.labels.astype(np.int32))
 
-  def position_to_index(position):
-    epoch = position // per_epoch
+  def positions_to_indices(positions):
+    # An epoch is a whole number of global batches, so every position of
+    # one batch (or of a replica's slice of it) lies in the same epoch and
+    # one vectorised shuffle, keyed by that epoch, serves them all.
+    epoch = positions[0] // per_epoch
     shuffled = tf.random.experimental.index_shuffle(
-        position % per_epoch,
+        positions % per_epoch,
         seed=tf.stack([tf.constant(seed, tf.int64), epoch]), max_index=n - 1)
     return tf.gather(index_table, shuffled)
 
@@ -171,7 +174,7 @@ def train_dataset(source: ImageSource, indices: np.ndarray, *,
       local_rows = per_replica * (replicas // input_context.num_input_pipelines)
       positions = positions[first * per_replica:
                             first * per_replica + local_rows]
-    example = tf.map_fn(position_to_index, positions)
+    example = positions_to_indices(positions)
     labels = tf.gather(label_table, example)
     if source.load_batch is not None:
       images = source.load_batch(example)
