@@ -29,12 +29,16 @@ RESULTS = HERE / "results"
 
 
 def interleaved(fns: Mapping[str, Callable[[], object]], repeats: int,
-                warmup: int = 1) -> dict[str, list[float]]:
+                warmup: int = 1, settle: bool = False
+                ) -> dict[str, list[float]]:
   """Times each callable `repeats` times, round-robin; seconds per call.
 
   Every callable runs `warmup` times first (tracing, caches), untimed.
   Round-robin order spreads a noisy neighbour over all configurations
-  instead of penalising whichever ran while it was busy.
+  instead of penalising whichever ran while it was busy. With `settle`,
+  each timed call follows an untimed call of the same configuration, so
+  work one configuration leaves behind (an input pipeline's prefetched
+  batches) is used up before its own time starts.
   """
   for fn in fns.values():
     for _ in range(warmup):
@@ -42,6 +46,8 @@ def interleaved(fns: Mapping[str, Callable[[], object]], repeats: int,
   times: dict[str, list[float]] = {name: [] for name in fns}
   for _ in range(repeats):
     for name, fn in fns.items():
+      if settle:
+        fn()
       began = time.perf_counter()
       fn()
       times[name].append(time.perf_counter() - began)
