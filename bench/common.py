@@ -135,3 +135,29 @@ def write_result(name: str, *, command: str, tables: Sequence[dict],
       "tables": list(tables), "findings": list(findings),
       "results": results}, indent=1, default=float))
   return path
+
+
+def finish(name: str, *, command: str, tables: Sequence[dict],
+           findings: Sequence[str], results: dict, seconds: float,
+           load_before: Sequence[float], save: bool,
+           timing: str = "") -> pathlib.Path | None:
+  """The common end of a benchmark program: prints its tables, findings
+  and wall time (with `timing`, e.g. "PNG generation 1.3 s; ", and the
+  load average before and now), then, when `save`, writes its result
+  (with the load averages added to `results`) and says where."""
+  load_after = os.getloadavg()
+  for table in tables:
+    print(f"\n{table['title']}\n\n{table['markdown']}\n\n{table['note']}")
+  print("\n" + "\n".join(findings))
+  print(f"\nTotal wall time {seconds:.0f} s ({timing}load average "
+        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after).")
+  if not save:
+    print("(--quick: results not saved)")
+    return None
+  path = write_result(
+      name, command=command, tables=tables, findings=findings,
+      results={**results, "load_average": [list(load_before),
+                                           list(load_after)]},
+      seconds=seconds)
+  print(f"Wrote {path}.")
+  return path

@@ -40,7 +40,7 @@ import cfal  # noqa: E402,F401  (before TensorFlow: its oneDNN setting)
 import tensorflow as tf  # noqa: E402
 
 from bench.common import (interleaved, markdown_table, median,  # noqa: E402
-                          run_child, write_result)
+                          finish, run_child)
 from bench.input_pipeline import distributed_iterator  # noqa: E402
 from bench.time_to_accuracy import build_steps  # noqa: E402
 from cfal.data import datasets  # noqa: E402
@@ -181,7 +181,6 @@ def main() -> None:
     print(f"  {replicas} replica(s): "
           f"{result.get('step_seconds', result.get('status'))}", flush=True)
   seconds = time.perf_counter() - STARTED
-  load_after = os.getloadavg()
   results = pool(children)
   if "step_seconds" not in results[0]:
     sys.exit(f"The one-device run failed: {results[0]}")
@@ -200,21 +199,10 @@ def main() -> None:
                f"configuration's calls. Loss difference: largest relative "
                f"difference of the first {len(results[0]['losses'])} "
                f"per-step losses from one device's.")}
-  found = findings(results)
-  print(f"\n{table['title']}\n\n{table['markdown']}\n\n{table['note']}\n")
-  print("\n".join(found))
-  print(f"\nTotal wall time {seconds:.0f} s (load average "
-        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after).")
-  if args.quick:
-    print("(--quick: results not saved)")
-    return
-  path = write_result(
-      "distribution", command=".venv/bin/python bench/distribution.py",
-      tables=[table], findings=found,
-      results={"children": children, "learning_rate": LEARNING_RATE,
-               "load_average": [load_before, load_after]},
-      seconds=seconds)
-  print(f"Wrote {path}.")
+  finish("distribution", command=".venv/bin/python bench/distribution.py",
+         tables=[table], findings=findings(results),
+         results={"children": children, "learning_rate": LEARNING_RATE},
+         seconds=seconds, load_before=load_before, save=not args.quick)
 
 
 if __name__ == "__main__":

@@ -62,8 +62,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench.common import (interleaved, markdown_table, median,  # noqa: E402
-                          write_result)
+from bench.common import (finish, interleaved, markdown_table,  # noqa: E402
+                          median)
 from bench.time_to_accuracy import build_steps  # noqa: E402
 from cfal.data import datasets, load_fashion_mnist, pipeline  # noqa: E402
 from cfal.training.config import (ModelConfig, RunConfig,  # noqa: E402
@@ -267,7 +267,6 @@ def main() -> None:
           f"{k} {v:.2f} s" for k, v in results[-1]["seconds"].items()),
           flush=True)
   seconds = time.perf_counter() - STARTED
-  load_after = os.getloadavg()
 
   table = {
       "title": "Share of the training step spent on input",
@@ -289,22 +288,12 @@ def main() -> None:
                f"to produce one batch. Start-up = a fresh iterator's first "
                f"call minus the call after it, median of 2: paid once when a "
                f"run starts or resumes.")}
-  found = findings(results)
-  print(f"\n{table['title']}\n\n{table['markdown']}\n\n{table['note']}\n")
-  print("\n".join(found))
-  print(f"\nTotal wall time {seconds:.0f} s (PNG generation "
-        f"{png_seconds:.1f} s; load average {load_before[0]:.1f} before, "
-        f"{load_after[0]:.1f} after).")
-  if args.quick:
-    print("(--quick: results not saved)")
-    return
-  path = write_result(
-      "input_pipeline", command=".venv/bin/python bench/input_pipeline.py",
-      tables=[table], findings=found,
-      results={"cases": results, "png_seconds": png_seconds,
-               "load_average": [load_before, load_after]},
-      seconds=seconds)
-  print(f"Wrote {path}.")
+  finish("input_pipeline",
+         command=".venv/bin/python bench/input_pipeline.py", tables=[table],
+         findings=findings(results),
+         results={"cases": results, "png_seconds": png_seconds},
+         seconds=seconds, load_before=load_before, save=not args.quick,
+         timing=f"PNG generation {png_seconds:.1f} s; ")
 
 
 if __name__ == "__main__":

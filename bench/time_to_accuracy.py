@@ -64,8 +64,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import cfal.backbones  # noqa: E402
-from bench.common import (interleaved, markdown_table, median,  # noqa: E402
-                          write_result)
+from bench.common import (finish, interleaved, markdown_table,  # noqa: E402
+                          median)
 from cfal.data import datasets, load_fashion_mnist, pipeline  # noqa: E402
 from cfal.training import loop  # noqa: E402
 from cfal.training.config import (OptimizerConfig, RunConfig,  # noqa: E402
@@ -652,28 +652,16 @@ def main() -> None:
   speeds = speed_table(plan.speed_variants, plan.keras_batches, data,
                        steps=plan.speed_steps, repeats=plan.speed_repeats)
   seconds = time.perf_counter() - STARTED
-  load_after = os.getloadavg()
 
-  tables = make_tables(plan, outcomes, speeds)
-  for table in tables:
-    print(f"\n{table['title']}\n\n{table['markdown']}\n\n{table['note']}")
-  found = findings(outcomes, speeds, plan.target)
-  print("\n" + "\n".join(found))
-  print(f"\nTotal wall time {seconds:.0f} s (load average "
-        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after).")
-  if args.quick:
-    print("(--quick: results not saved)")
-    return
-  path = write_result(
-      "time_to_accuracy",
-      command=(".venv/bin/python bench/time_to_accuracy.py"
-               + (" --variants" if args.variants else "")),
-      tables=tables, findings=found,
-      results={"plan": dataclasses.asdict(plan),
-               "outcomes": [dataclasses.asdict(o) for o in outcomes],
-               "speeds": speeds, "load_average": [load_before, load_after]},
-      seconds=seconds)
-  print(f"Wrote {path}.")
+  finish("time_to_accuracy",
+         command=(".venv/bin/python bench/time_to_accuracy.py"
+                  + (" --variants" if args.variants else "")),
+         tables=make_tables(plan, outcomes, speeds),
+         findings=findings(outcomes, speeds, plan.target),
+         results={"plan": dataclasses.asdict(plan),
+                  "outcomes": [dataclasses.asdict(o) for o in outcomes],
+                  "speeds": speeds},
+         seconds=seconds, load_before=load_before, save=not args.quick)
 
 
 if __name__ == "__main__":

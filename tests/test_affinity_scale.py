@@ -34,7 +34,7 @@ def test_matches_direct_formulation(num_centers, dim):
 
 
 def test_spread_is_exact_for_large_offsets():
-  """R_w is a difference of large sums: centring + float64 keep it exact."""
+  """Far from the origin, centring (twice) keeps R_w exact in float32."""
   rng = np.random.default_rng(0)
   w = 1e3 + rng.normal(size=(50, 16))          # far from the origin
   head = heads.Affinity(num_classes=50, embedding_dim=16)
@@ -44,6 +44,44 @@ def test_spread_is_exact_for_large_offsets():
   np.testing.assert_allclose(head.spread(), diffs.var(), rtol=1e-6)
   np.testing.assert_allclose(head.spread(), direct_spread(
       tf.constant(w, tf.float64)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("classes, dim", [(10, 16), (12, 4)])
+def test_spread_keeps_its_digits_near_the_optimum(classes, dim):
+  """Prototypes close to their best spread (a regular simplex when M <=
+  D + 1; the M > D + 1 branch on a tight ring): R_w is a tiny fraction of
+  E[d^2], which the textbook E[d^2] - E[d]^2 cannot resolve in float32.
+  The head computes in float32 and must still match float64."""
+  rng = np.random.default_rng(classes)
+  if classes <= dim + 1:
+    w = np.zeros([classes, dim])
+    w[:, :classes] = 5.0 * (np.eye(classes) - 1.0 / classes)
+  else:
+    angles = 2 * np.pi * np.arange(classes) / classes
+    w = np.zeros([classes, dim])
+    w[:, 0], w[:, 1] = 5.0 * np.cos(angles), 5.0 * np.sin(angles)
+  w = (w + 1e-4 * rng.normal(size=w.shape)).astype(np.float32)
+  head = heads.Affinity(num_classes=classes, embedding_dim=dim)
+  head.prototypes.assign(w)
+  w64 = tf.constant(w, tf.float64)
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(w64)
+    ours = head.spread()
+    exact = direct_spread(w64)
+  diffs = ((w[:, None] - w[None]) ** 2).sum(-1)[np.triu_indices(classes, 1)]
+  textbook = np.mean(diffs ** 2) - np.mean(diffs) ** 2      # float32
+  if classes <= dim + 1:   # the cancellation the closed form avoids
+    assert float(exact) < 1e-5 * np.mean(diffs ** 2)
+    assert abs(textbook - float(exact)) > 0.5 * float(exact)
+  np.testing.assert_allclose(ours, exact, rtol=1e-4)
+  # The gradient's floor is the float32 Gram itself: K_ab ~ 12 carries
+  # ~1e-6 of rounding against K_ab - g ~ 5e-4 here, which measured as 9e-4
+  # of the largest gradient entry (test_matches_direct_formulation checks
+  # the ordinary case to 1e-4 relative).
+  g_ours = tape.gradient(ours, head.prototypes).numpy()
+  g_exact = tape.gradient(exact, w64).numpy()
+  np.testing.assert_allclose(g_ours, g_exact, rtol=1e-3,
+                             atol=2e-3 * np.abs(g_exact).max())
 
 
 def test_distances_precise_with_large_norm_prototypes():
