@@ -4,7 +4,7 @@ Training batches never depend on iterator state: position `p` of epoch `e`
 reads example `index_shuffle(p, seed=(seed, e))`, a stateless permutation.
 A run resumed at step `s` therefore rebuilds exactly the batches an
 uninterrupted run would have seen (the checkpointed step *is* the data
-position), and augmentation is seeded by the same global position.
+position), and augmentation is seeded by the same step and row.
 
 Under a strategy every input pipeline builds the same global batch and
 keeps the rows of its own replicas, so any replica/worker layout trains on
@@ -87,29 +87,50 @@ def array_source(images: np.ndarray, labels: np.ndarray,
                      load_batch=load_batch)
 
 
+def _pixel_maps(height: int, width: int, kind: str) -> np.ndarray:
+  """int32 `[K, H*W]`: for each transform, where each output pixel comes
+  from. Transform `lr + 2 ud + 4 turns` flips left-right if `lr`, then
+  up-down if `ud`, then turns `turns` right angles counter-clockwise
+  ("flip" has only the first two, "flip_rotate" all 16)."""
+  source = np.arange(height * width, dtype=np.int32).reshape(height, width)
+  rotations, vertical = (4, 2) if kind == "flip_rotate" else (1, 1)
+  maps = []
+  for turns in range(rotations):
+    for ud in range(vertical):
+      for lr in range(2):
+        moved = source[:, ::-1] if lr else source
+        moved = moved[::-1] if ud else moved
+        maps.append(np.rot90(moved, turns).reshape(-1))
+  return np.stack(maps)
+
+
 def _augment(images: tf.Tensor, positions: tf.Tensor, seed: int,
-             kind: str) -> tf.Tensor:
-  """Flips (and right-angle rotations) seeded by each example's position."""
+             kind: str, global_batch_size: int) -> tf.Tensor:
+  """Flips (and right-angle rotations): one gather over the batch.
+
+  Every transform is a permutation of pixels, so each image is gathered
+  through its transform's pixel map. An example's draws depend only on the
+  seed, the global batch size and its position: the whole global batch's
+  draws come from one stateless call keyed by (seed, step), and each
+  pipeline keeps its own rows, so any replica layout, and a resumed run,
+  augments an example the same way.
+  """
   if kind == "none":
     return images
-
-  def one(args):
-    image, position = args
-    key = tf.stack([tf.constant(seed, tf.int64), position])
-    # Fold in a constant per transform: key + k would shift seed and
-    # position together and correlate runs with neighbouring seeds.
-    fold = lambda k: tf.random.experimental.stateless_fold_in(key, k)  # noqa: E731
-    image = tf.image.stateless_random_flip_left_right(image, seed=fold(0))
-    if kind == "flip_rotate":
-      image = tf.image.stateless_random_flip_up_down(image, seed=fold(1))
-      turns = tf.random.stateless_uniform([], seed=fold(2), maxval=4,
-                                          dtype=tf.int32)
-      image = tf.image.rot90(image, turns)
-    return image
-
-  return tf.map_fn(one, (images, positions),
-                   fn_output_signature=tf.TensorSpec(images.shape[1:],
-                                                     images.dtype))
+  _, height, width, channels = images.shape
+  maps = tf.constant(_pixel_maps(height, width, kind))
+  step = positions[0] // global_batch_size
+  rows = positions - step * global_batch_size
+  draws = tf.gather(tf.random.stateless_uniform(
+      [global_batch_size, 3], seed=tf.stack([tf.constant(seed, tf.int64),
+                                             step])), rows)
+  bits = tf.cast(draws * [2.0, 2.0, 4.0], tf.int32)        # lr, ud, turns
+  transform = bits[:, 0]
+  if kind == "flip_rotate":
+    transform += 2 * bits[:, 1] + 4 * bits[:, 2]
+  flat = tf.reshape(images, [-1, height * width, channels])
+  moved = tf.gather(flat, tf.gather(maps, transform), batch_dims=1)
+  return tf.reshape(moved, [-1, height, width, channels])
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
@@ -141,6 +162,10 @@ def train_dataset(source: ImageSource, indices: np.ndarray, *,
   if augment not in AUGMENTATIONS:
     raise ValueError(f"`augment` ({augment!r}) must be one of "
                      f"{', '.join(AUGMENTATIONS)}.")
+  height, width = source.image_shape[:2]
+  if augment == "flip_rotate" and height != width:
+    raise ValueError(f"augment='flip_rotate' turns images by right angles, "
+                     f"which needs square images, not {height}x{width}.")
   n = len(indices)
   per_epoch = steps_per_epoch(n, global_batch_size) * global_batch_size
   index_table = tf.constant(np.asarray(indices, np.int64))
@@ -182,7 +207,8 @@ def train_dataset(source: ImageSource, indices: np.ndarray, *,
       images = tf.map_fn(source.load_example, example,
                          fn_output_signature=tf.TensorSpec(source.image_shape,
                                                            tf.float32))
-    return _augment(images, positions, seed, augment), labels
+    return (_augment(images, positions, seed, augment,
+                     global_batch_size), labels)
 
   ds = ds.map(_plain(load), num_parallel_calls=tf.data.AUTOTUNE,
               deterministic=True)
