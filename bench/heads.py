@@ -79,7 +79,7 @@ SAMPLE_SECONDS = 0.03    # a timing sample repeats short steps to this length
 TIMING_SECONDS = 4.0     # rough time given to the timed rounds of one config
 MIN_REPEATS, MAX_REPEATS, LARGE_C_REPEATS = 3, 15, 2
 TRAIN_STEP_HEADS = ("softmax", "cfal")   # the whole-step comparison
-TRAIN_STEP_CALL, TRAIN_STEP_REPEATS = 10, 7
+TRAIN_STEP_CALL, TRAIN_STEP_REPEATS = 8, 5
 MEMORY_CALLS = 3          # measured calls per head, while a call is fast:
 SLOW_CALL_SECONDS = 1.0   # one such call is enough
 

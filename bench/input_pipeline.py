@@ -246,7 +246,7 @@ def main() -> None:
   args = parser.parse_args()
   load_before = os.getloadavg()
   tf.get_logger().setLevel("ERROR")
-  per_class, repeats = (40, 2) if args.quick else (200, 5)
+  per_class, repeats = (40, 2) if args.quick else (200, 4)
   with tempfile.TemporaryDirectory(prefix="cfal-bench-png-") as tmp:
     began = time.perf_counter()
     root = write_png_folder(pathlib.Path(tmp), per_class=per_class, size=112)
@@ -259,7 +259,7 @@ def main() -> None:
                   {"depth_per_stage": (1, 1, 1, 1), "width": 32},
                   image_size=112)]
     results = []
-    sizes = ((2, 20), (2, 10)) if args.quick else ((15, 100), (10, 30))
+    sizes = ((2, 20), (2, 10)) if args.quick else ((10, 100), (8, 30))
     for case, (steps, pulls) in zip(cases, sizes):
       results.append(measure(case, steps=steps, pulls=pulls,
                              repeats=repeats))

@@ -2,9 +2,10 @@
 
 Two runs train in one process, taking turns a quarter of an epoch at a
 time (so a noisy neighbour slows both alike), each checked on the test
-set after every quarter, until it reaches 90% or has trained 175 s. Once
-cfal's run has reached 90% in T seconds, Keras trains on until it reaches
-90% or has trained 1.5 T, so the 1.5x target is decided either way:
+set after every quarter. cfal's run stops at 90% or after 175 s of
+training; once it has reached 90% in T seconds, Keras trains on until it
+reaches 90% or has trained 1.5 T, so the 1.5x target is decided either
+way (a run stops after the quarter that passes its limit):
 
 - cfal's default recipe, what `python train.py` does with its defaults:
   seed_cnn (embedding 64) + CFAL head, batch 128, Adam 1e-3 with cosine
@@ -382,17 +383,21 @@ def score(side: Side, seconds: float, target: float, screen: np.ndarray,
 
 
 def race_limit(cap: float, variant_cap: float) -> Limit:
-  """`cap` for cfal default, and for Keras until the default reaches the
-  target; then Keras trains on to `TARGET_RATIO` times the default's time,
-  where the verdict is decided either way. A variant stops at `variant_cap`
-  or at the default's time to target, past which it cannot be sooner."""
+  """`cap` for cfal default. Keras trains to `TARGET_RATIO` times the
+  default's time to target, where the verdict is decided either way; while
+  the default still trains, to `TARGET_RATIO` times its cap; once the
+  default has stopped short of the target, not at all (cfal missed). A
+  variant stops at `variant_cap` or at the default's time to target, past
+  which it cannot be sooner."""
   def limit(name: str, finished: dict[str, Outcome]) -> float:
     default = finished.get(DEFAULT.name)
     reached = default.reached_seconds if default else None
     if name == DEFAULT.name:
       return cap
     if name == KerasSide.name:
-      return cap if reached is None else TARGET_RATIO * reached
+      if default is None:
+        return TARGET_RATIO * cap
+      return 0.0 if reached is None else TARGET_RATIO * reached
     if reached is None:
       return variant_cap
     return min(variant_cap, reached)
@@ -584,9 +589,8 @@ def make_tables(plan: Plan, outcomes: list[Outcome],
                 f"{plan.checks_per_epoch} epoch at a time. A run stops at "
                 f"the target or after the quarter that takes it past its "
                 f"cap: {plan.cap_seconds:.0f} s for cfal default, and for "
-                f"Keras fit {TARGET_RATIO}x the default's time to target "
-                f"(or {plan.cap_seconds:.0f} s while the default has not "
-                f"reached it)"
+                f"Keras fit {TARGET_RATIO}x the default's time to target, "
+                f"where the verdict is decided"
                 + (f", the variant at the default's time to target or "
                    f"{plan.variant_cap_seconds:.0f} s"
                    if plan.race_variant else "")
