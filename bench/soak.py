@@ -33,7 +33,9 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import common  # noqa: E402  pylint: disable=wrong-import-position
 
-TRAIN_FLAGS = ("--deterministic", "--train_steps=120", "--steps_per_loop=5",
+TRAIN_STEPS = 240
+TRAIN_FLAGS = ("--deterministic", f"--train_steps={TRAIN_STEPS}",
+               "--steps_per_loop=5",
                "--checkpoint_every=10", "--eval_every=40", "--batch_size=32",
                "--embedding_dim=16", "--validation_split=0.01",
                "--projector_points=100")
@@ -61,14 +63,18 @@ def run_and_kill(logdir: pathlib.Path, rng: random.Random) -> dict:
                              cwd=common.ROOT,
                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
   lines: list[str] = []
-  started = threading.Event()
+  started, finished = threading.Event(), threading.Event()
 
   def read() -> None:
     for line in process.stdout:
       lines.append(line.rstrip())
       # Training is under way once steps run (after the first compiled
-      # call); a finished run's rerun only evaluates and exports again.
-      if line.startswith(("step ", "validation at step 120")):
+      # call); a finished run's rerun only evaluates and exports again,
+      # which takes a few seconds from its "Resuming" line.
+      if line.startswith("Resuming") and f"at step {TRAIN_STEPS}." in line:
+        finished.set()
+        started.set()
+      if line.startswith("step "):
         started.set()
     started.set()   # exited before a kill
   reader = threading.Thread(target=read, daemon=True)
@@ -77,9 +83,13 @@ def run_and_kill(logdir: pathlib.Path, rng: random.Random) -> dict:
     when = "start-up"
     time.sleep(rng.uniform(0.5, 6.0))
   else:
-    when = "training"
     started.wait(timeout=600)
-    time.sleep(rng.uniform(0.0, 3.0))
+    if finished.is_set():
+      when = "evaluation/export"
+      time.sleep(rng.uniform(0.0, 2.0))
+    else:
+      when = "training"
+      time.sleep(rng.uniform(0.0, 3.0))
   process.send_signal(signal.SIGKILL)
   process.wait()
   reader.join(timeout=10)
@@ -123,7 +133,7 @@ def soak(workdir: pathlib.Path, cycles: int, seed: int) -> dict:
   differing = sorted(k for k in a if k not in b or not np.array_equal(
       a[k], b[k]))
   last_validation = lambda ls: [l for l in ls if l.startswith(  # noqa: E731
-      "validation at step 120")][-1]
+      f"validation at step {TRAIN_STEPS}")][-1]
   same_validation = (last_validation(straight_lines)
                      == last_validation(final_lines))
   same_best = best_checkpoint(workdir / "straight") == best_checkpoint(
@@ -145,18 +155,23 @@ def main() -> int:
   with tempfile.TemporaryDirectory(prefix="cfal-soak-") as tmp:
     result = soak(pathlib.Path(tmp), args.cycles, args.seed)
   during = [k["killed_during"] for k in result["kills"]]
-  print(f"\n{result['cycles']} SIGKILLs ({during.count('start-up')} during "
-        f"start-up, {during.count('training')} while training), then one "
+  sigkills = sum(k["exit"] == -signal.SIGKILL for k in result["kills"])
+  print(f"\n{result['cycles']} cycles, {sigkills} ended by SIGKILL (the "
+        f"rest finished first), killed during: "
+        f"{during.count('start-up')} start-up, {during.count('training')} "
+        f"training, {during.count('evaluation/export')} the final "
+        f"evaluation/export; then one "
         f"run to the end: {result['variables']} checkpointed variables, "
         f"{len(result['differing_variables'])} differ from the uninterrupted "
         f"run; same final validation: {result['same_validation']}; same best "
         f"checkpoint: {result['same_best_checkpoint']}. "
         f"({result['seconds']:.0f} s)")
   table = common.markdown_table(
-      ["cycle", "killed during", "resumed from", "last step printed"],
-      [[i + 1, k["killed_during"], k["resumed_from"].replace(
-          "Resuming ", ""), k["last_step"] or "-"]
-       for i, k in enumerate(result["kills"])], align="rlll")
+      ["cycle", "killed during", "exit", "resumed from", "last step printed"],
+      [[i + 1, k["killed_during"],
+        "SIGKILL" if k["exit"] == -signal.SIGKILL else k["exit"],
+        k["resumed_from"].replace("Resuming ", ""), k["last_step"] or "-"]
+       for i, k in enumerate(result["kills"])], align="rllll")
   common.write_result(
       "soak", command=f".venv/bin/python bench/soak.py --cycles "
       f"{args.cycles} --seed {args.seed}",
