@@ -106,6 +106,7 @@ class _Killed(Exception):
   pass
 
 
+@pytest.mark.slow   # test_reliability's SIGKILL tests cover resume, bit-exact
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
   straight = small_config(tmp_path / "straight", train_steps=40)
   train(straight, echo=lambda _: None)
