@@ -177,7 +177,8 @@ def main() -> int:
       f"{args.cycles} --seed {args.seed}",
       tables=[{"title": "Kill/resume cycles", "markdown": table}],
       findings=[f"{result['cycles']} kill/resume cycles end "
-                f"{'bit-identical to' if result['identical'] else 'DIFFERENT from'}"
+                f"{'bit-identical to' if result['identical'] else 'DIFFERENT'}"
+                f"{'' if result['identical'] else ' from'}"
                 f" one uninterrupted run ({result['variables']} variables, "
                 f"final validation and best checkpoint compared)."],
       results=result, seconds=result["seconds"])

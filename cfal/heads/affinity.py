@@ -29,11 +29,12 @@ class Affinity(base.Head):
   `[N, C, m, D]` of the direct form. `R_w` is an exact closed form in the
   prototype norms and a Gram matrix whose terms are all non-negative (see
   `spread`), so float32 loses nothing to cancellation: O(M * min(M, D) *
-  D) time and O(min(M, D)^2) memory, never the `[M, M, D]` tensor. The distances that
-  matter most are recomputed by direct differences (`[N, m, D]`): in the
-  loss the own class's (the margin and CFAL's focal factor hinge on
-  `d_{i,y_i}`), in the scores each row's nearest prototype. An embedding on
-  its prototype gets exactly `d = 1` whatever its norm and sigma.
+  D) time and O(min(M, D)^2) memory, never the `[M, M, D]` tensor. The
+  distances that matter most are recomputed by direct differences
+  (`[N, m, D]`): in the loss the own class's (the margin and CFAL's focal
+  factor hinge on `d_{i,y_i}`), in the scores each row's nearest
+  prototype. An embedding on its prototype gets exactly `d = 1` whatever
+  its norm and sigma.
 
   Args:
     num_classes: number of classes C.

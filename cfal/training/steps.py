@@ -8,9 +8,9 @@ Between the two, every replica reports whether its images, embeddings,
 loss and gradients are finite; a step that is not finite anywhere is never
 applied (see `FAULTS`). `train_loop` runs `steps_per_loop` steps in one
 compiled call with a `tf.while_loop` over the distributed iterator; the
-step count is a tensor, so changing it does not retrace. Nothing here needs AutoGraph (the loop is
-written as a while_loop), and compiling without it saves ~10 s of source
-transformation per trace.
+step count is a tensor, so changing it does not retrace. Nothing here
+needs AutoGraph (the loop is written as a while_loop), and compiling
+without it saves ~10 s of source transformation per trace.
 """
 
 from __future__ import annotations
