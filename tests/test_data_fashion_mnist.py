@@ -8,6 +8,8 @@ import hashlib
 import http.server
 import os
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -231,15 +233,14 @@ def test_missing_files(tmp_path, isolated):
 def test_download_unreachable(tmp_path, isolated, monkeypatch):
   # Port 9 (discard) on loopback is closed: the connection is refused at once.
   monkeypatch.setattr(fm, "BASE_URL", "http://127.0.0.1:9/")
-  monkeypatch.setattr(fm, "DOWNLOAD_TIMEOUT_S", 5.0)
   target = tmp_path / "dl"
   start = time.monotonic()
   with pytest.raises(DataError) as err:
     load_fashion_mnist("test", data_dir=str(target), download=True)
   assert time.monotonic() - start < 10
   msg = assert_one_line(err)
-  assert "http://127.0.0.1:9/" in msg and "ubyte.gz" in msg
-  assert "refused" in msg.lower()
+  assert "http://127.0.0.1:9/train-images-idx3-ubyte.gz" in msg
+  assert "refused" in msg.lower() and "network" in msg
   # Nothing (not even a partial temp file) is left behind.
   assert os.listdir(target) == []
 
@@ -279,7 +280,17 @@ def loopback_mirror(tmp_path, monkeypatch):
   server.server_close()
 
 
-def test_download_from_loopback_mirror(tmp_path, isolated, loopback_mirror):
+def test_download_from_loopback_mirror(tmp_path, isolated, loopback_mirror,
+                                      monkeypatch):
+  import keras  # pylint: disable=import-outside-toplevel
+  calls = []
+  real_get_file = keras.utils.get_file
+
+  def spy(**kwargs):
+    calls.append(kwargs)
+    return real_get_file(**kwargs)
+
+  monkeypatch.setattr(keras.utils, "get_file", spy)
   target = tmp_path / "dl"
   x, y = load_fashion_mnist("test", data_dir=str(target), download=True)
   want_x, want_y = small_split(3, 7)
@@ -287,6 +298,17 @@ def test_download_from_loopback_mirror(tmp_path, isolated, loopback_mirror):
   np.testing.assert_array_equal(y, want_y)
   # All four files are fetched, under their final names only.
   assert sorted(os.listdir(target)) == sorted(os.listdir(loopback_mirror))
+  # Through keras.utils.get_file, each with its checksum, into data_dir.
+  assert sorted(c["fname"] for c in calls) == sorted(fm._MD5)
+  for c in calls:
+    assert c["origin"] == fm.BASE_URL + c["fname"]
+    assert c["file_hash"] == fm._MD5[c["fname"]]
+    assert c["hash_algorithm"] == "md5"
+    assert os.path.dirname(c["cache_dir"]) == str(target)
+  # A second call finds the files and downloads nothing.
+  calls.clear()
+  load_fashion_mnist("train", data_dir=str(target), download=True)
+  assert not calls
 
 
 def test_download_checksum_mismatch(tmp_path, isolated, loopback_mirror,
@@ -296,6 +318,34 @@ def test_download_checksum_mismatch(tmp_path, isolated, loopback_mirror,
   with pytest.raises(DataError) as err:
     load_fashion_mnist("train", data_dir=str(target), download=True)
   msg = assert_one_line(err)
-  assert "train-images-idx3-ubyte.gz" in msg and "MD5" in msg
+  assert f"{fm.BASE_URL}train-images-idx3-ubyte.gz" in msg and "MD5" in msg
+  served = loopback_mirror / "train-images-idx3-ubyte.gz"
+  assert hashlib.md5(served.read_bytes()).hexdigest() in msg
+  assert "0" * 32 in msg and str(target) in msg
+  # No file that failed its check is kept, under any name.
   assert "train-images-idx3-ubyte.gz" not in os.listdir(target)
   assert not [f for f in os.listdir(target) if f.startswith(".partial")]
+
+
+def test_download_missing_on_the_mirror(tmp_path, isolated, loopback_mirror):
+  (loopback_mirror / "t10k-labels-idx1-ubyte.gz").unlink()
+  target = tmp_path / "dl"
+  with pytest.raises(DataError) as err:
+    load_fashion_mnist("test", data_dir=str(target), download=True)
+  msg = assert_one_line(err)
+  assert f"{fm.BASE_URL}t10k-labels-idx1-ubyte.gz" in msg and "404" in msg
+  # The files fetched before the failure are kept, and complete.
+  assert "t10k-labels-idx1-ubyte.gz" not in os.listdir(target)
+  assert not [f for f in os.listdir(target) if f.startswith(".partial")]
+
+
+def test_loading_without_download_imports_no_tensorflow(tmp_path):
+  """The NumPy-only loader stays NumPy-only; Keras comes in to download."""
+  write_split(tmp_path, "t10k", *small_split(2, seed=8), compress=True)
+  code = ("import sys; from cfal.data import load_fashion_mnist; "
+          f"load_fashion_mnist('test', data_dir={str(tmp_path)!r}); "
+          "print(sorted(m for m in ('keras', 'tensorflow') "
+          "if m in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, timeout=120, check=True).stdout
+  assert out.strip() == "[]"

@@ -4,17 +4,17 @@ Files are looked up, in order, in: the `data_dir` argument,
 `$CFAL_DATA_DIR`, the Debian package location (`apt-get install
 dataset-fashion-mnist`), and the Keras cache. Each of the four standard
 files may be gzipped or raw. `download=True` fetches the files from the
-official mirror.
+official mirror with `keras.utils.get_file`, checking each one's published
+MD5 sum.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 import urllib.error
-import urllib.request
-from http.client import HTTPException
 
 import numpy as np
 
@@ -38,7 +38,6 @@ ENV_VAR = "CFAL_DATA_DIR"
 # The official mirror. Its S3 *website* endpoint serves plain HTTP only, so
 # downloads are checked against the MD5 sums published in the dataset README.
 BASE_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-DOWNLOAD_TIMEOUT_S = 60.0
 
 _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -68,50 +67,80 @@ def _find_split(split: str, dirs: list[str]) -> tuple[str, str] | None:
   return None
 
 
-def _download_file(url: str, dest: str, md5: str) -> None:
-  """Fetches `url` to `dest` atomically, verifying its MD5 sum."""
-  directory = os.path.dirname(dest) or "."
-  fd, tmp = tempfile.mkstemp(prefix=".partial-", dir=directory)
+def _failure(error: BaseException) -> str:
+  """Why a `get_file` download failed, on one line.
+
+  `get_file` re-raises URL errors as a bare `Exception("URL fetch failure
+  on <url>: <errno> -- <reason>")`; the URLError it replaced says it
+  better ("[Errno 111] Connection refused", "HTTP Error 404: Not Found").
+  """
+  cause = error.__cause__ or error.__context__
+  if isinstance(cause, urllib.error.URLError):
+    error = cause
+    if not isinstance(cause, urllib.error.HTTPError):
+      error = getattr(cause, "reason", cause)
+  return " ".join(str(error).split()) or type(error).__name__
+
+
+def _fetch(name: str, partial: str, target: str) -> None:
+  """Downloads `name` into the folder `partial`, checks it, moves it to
+  `target`.
+
+  `get_file` writes straight to its destination, so a download killed
+  halfway would leave a truncated file under the real name; and it keeps a
+  file whose checksum failed. Downloading into `partial` (inside `target`,
+  removed by the caller) means `target` only ever holds verified files.
+  """
+  from keras.utils import get_file  # pylint: disable=import-outside-toplevel
+  url = BASE_URL + name
+  md5 = _MD5[name]
   try:
-    digest = hashlib.md5(usedforsecurity=False)
-    try:
-      with os.fdopen(fd, "wb") as out, \
-          urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as resp:
-        while chunk := resp.read(1 << 20):
-          digest.update(chunk)
-          out.write(chunk)
-    except urllib.error.URLError as e:
-      reason = getattr(e, "reason", e)
-      raise DataError(f"download of {url} failed: {reason}") from e
-    except (OSError, HTTPException) as e:
-      raise DataError(
-          f"download of {url} failed: {str(e) or type(e).__name__}"
-      ) from e
-    if digest.hexdigest() != md5:
-      raise DataError(
-          f"download of {url} failed: MD5 {digest.hexdigest()} does not "
-          f"match the published {md5}")
-    os.replace(tmp, dest)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+    path = get_file(fname=name, origin=url, file_hash=md5,
+                    hash_algorithm="md5", cache_dir=partial, cache_subdir="")
+  except ValueError as e:
+    if "hash" not in str(e):
+      raise
+    got = os.path.join(partial, name)
+    got = _md5_of(got) if os.path.isfile(got) else "unknown"
+    raise DataError(
+        f"download of {url} failed: its MD5 {got} does not match the "
+        f"published {md5} (a corrupted or changed file); retry, or fetch "
+        f"the files from the mirror yourself into {target}") from e
+  # get_file raises bare Exceptions for network failures; any failure
+  # here is a failed download.
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataError(
+        f"download of {url} failed: {_failure(e)}; check the network "
+        "connection (or proxy), or fetch the files from the mirror "
+        f"yourself into {target}") from e
+  os.replace(path, os.path.join(target, name))
+
+
+def _md5_of(path: str) -> str:
+  digest = hashlib.md5(usedforsecurity=False)
+  with open(path, "rb") as f:
+    while chunk := f.read(1 << 20):
+      digest.update(chunk)
+  return digest.hexdigest()
 
 
 def _download(data_dir: str | None) -> str:
-  """Downloads the four files missing from the target directory."""
+  """Downloads the files missing from the target directory."""
   target = data_dir or os.path.expanduser(KERAS_CACHE_DIR)
   try:
     os.makedirs(target, exist_ok=True)
+    partial = tempfile.mkdtemp(prefix=".partial-", dir=target)
   except OSError as e:
     raise DataError(
         f"cannot create download directory {target}: "
         f"{e.strerror or e}") from e
-  for names in _FILES.values():
-    for name in names:
-      if find_file(target, name) is None:
-        _download_file(BASE_URL + name + ".gz",
-                       os.path.join(target, name + ".gz"),
-                       _MD5[name + ".gz"])
+  try:
+    for names in _FILES.values():
+      for name in names:
+        if find_file(target, name) is None:
+          _fetch(name + ".gz", partial, target)
+  finally:
+    shutil.rmtree(partial, ignore_errors=True)
   return target
 
 
@@ -125,8 +154,10 @@ def load_fashion_mnist(
   Args:
     split: `"train"` (60000 examples) or `"test"` (10000 examples).
     data_dir: Directory searched first; also where `download=True` writes.
-    download: If the files are not found locally, fetch them from the
-      official mirror into `data_dir` (default: the Keras cache).
+    download: If the files are not found locally, fetch the missing ones
+      from the official mirror into `data_dir` (default: the Keras cache)
+      with `keras.utils.get_file`, checking their MD5 sums. Files land
+      under their final names only once verified.
 
   Returns:
     `(images, labels)`: uint8 `[N, 28, 28]` and int32 `[N]` in 0..9.
