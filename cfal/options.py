@@ -34,6 +34,10 @@ class Option:
       unbounded.
     low_open, high_open: whether the bound itself is excluded.
     choices: the valid values of a "str" option.
+    message: optional text replacing the generic "`name` (value) must be
+      in [low, high]." when a number is out of range; `{value}` in it is
+      replaced by the value as given (e.g. "ArcFace `margin` ({value}) is an
+      angle in radians and must be in [0, pi); 0.5 is the paper's value.").
   """
 
   name: str
@@ -44,6 +48,7 @@ class Option:
   low_open: bool = False
   high_open: bool = False
   choices: tuple[str, ...] | None = None
+  message: str | None = None
 
   def __post_init__(self):
     if self.type not in _TYPES:
@@ -116,6 +121,8 @@ class Option:
       ok = number < self.high if self.high_open else number <= self.high
     if not ok:
       shown = f"{number:g}" if math.isfinite(number) else str(value)
+      if self.message is not None:
+        raise ValueError(self.message.replace("{value}", shown))
       raise ValueError(f"`{self.name}` ({shown}) must be in "
                        f"{self.range_text()}.")
     return number

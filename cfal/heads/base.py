@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import tensorflow as tf
+
+from cfal.heads import parts, registry
+
+# Kept here too: `cfal.heads.base.class_balanced_weights` predates `parts`.
+class_balanced_weights = parts.class_balanced_weights
 
 
 class Head(tf.Module):
@@ -15,22 +20,62 @@ class Head(tf.Module):
   A head turns embeddings `[N, D]` into class scores `[N, C]` and a
   per-example loss. Subclasses create their variables in `__init__` (so the
   head can be used inside `tf.function(jit_compile=True)` and under a
-  distribution strategy) and implement `__call__` and `loss`.
+  distribution strategy) and implement `__call__` and `core_loss`.
+
+  The loss is composed here, in one place, from the subclass's core loss
+  and the head's parts (`cfal.heads.parts`):
+
+    loss_i = w_{y_i} * m_i * (core_i + sum_r R_r)
+
+  with `w` the optional `ClassWeights`, `m_i` the optional
+  `FocalModulation` of the target log-probability that `core_loss` returns,
+  and `R_r` the `regularizers` (scalars, e.g. `PrototypeSpread`).
 
   Class attributes:
     embedding_metric: "cosine" or "euclidean", the geometry the head shapes
       its embeddings for; evaluation uses it for retrieval metrics.
+    normalized_embeddings: what the head needs from the backbone. True if
+      the head uses only each embedding's direction (it L2-normalises them
+      itself: ArcFace, CosFace, SphereFace, CombinedMargin), so a backbone
+      may end on the unit sphere; False if the norm matters (linear logits,
+      Euclidean distances) and the backbone must not normalise.
+    focal_back_propagate: how `build_head` makes the focal part of a head
+      given `gamma` without taking it itself: back-propagated as in Lin et
+      al. (True), or as a stop-gradient weight as the CFAL authors use it
+      on affinities (False).
+
+  Args:
+    num_classes: number of classes C, >= 2.
+    embedding_dim: embedding size D, >= 1.
+    class_weights: optional per-class weights: a `ClassWeights` (e.g.
+      `ClassWeights.effective_number(counts, beta)`) or one float per
+      class.
+    focal: optional `FocalModulation` of the target probability.
+    regularizers: optional `Regularizer`s (e.g. `PrototypeSpread(1.0)`).
+    name: module name.
   """
 
   embedding_metric: str = "cosine"
+  normalized_embeddings: bool = False
+  focal_back_propagate: bool = True
 
   def __init__(self, *, num_classes: int, embedding_dim: int,
+               class_weights: parts.ClassWeights | Sequence[float] | None
+               = None,
+               focal: parts.FocalModulation | None = None,
+               regularizers: Sequence[parts.Regularizer] | None = None,
                name: str | None = None):
     super().__init__(name=name)
     _check_int("num_classes", num_classes, minimum=2)
     _check_int("embedding_dim", embedding_dim, minimum=1)
     self.num_classes = int(num_classes)
     self.embedding_dim = int(embedding_dim)
+    self.class_weights = parts.as_class_weights(class_weights,
+                                                self.num_classes)
+    if focal is not None and not isinstance(focal, parts.FocalModulation):
+      raise TypeError(f"`focal` must be a FocalModulation, got {focal!r}.")
+    self.focal = focal
+    self.regularizers = parts.as_regularizers(regularizers)
 
   # `prototypes` is a tf.Variable set by every subclass.
   prototypes: tf.Variable
@@ -39,9 +84,29 @@ class Head(tf.Module):
                training: bool = False) -> tf.Tensor:
     raise NotImplementedError
 
+  def core_loss(self, embeddings: tf.Tensor,
+                labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """The head's own per-example loss and its target log-probability.
+
+    Returns:
+      `(core, log_p)`, both float32 `[N]`: the loss before class weights,
+      focal modulation and regularisers, and `log p_{i,y_i}` (<= 0), the
+      log of the target probability the focal factor `(1 - p)^gamma` uses
+      (the softmax probability of the target for softmax-type heads,
+      `log d_{i,y_i}` for the affinity heads).
+    """
+    raise NotImplementedError
+
   def loss(self, embeddings: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
     """Per-example loss `[N]`, float32. The caller reduces it."""
-    raise NotImplementedError
+    loss, log_p = self.core_loss(embeddings, labels)
+    for regularizer in self.regularizers:
+      loss += regularizer(self)
+    if self.focal is not None and self.focal.gamma > 0:
+      loss = self.focal(log_p) * loss
+    if self.class_weights is not None:
+      loss = self.class_weights(one_hot(labels, self.num_classes)) * loss
+    return loss
 
   def predict(self, embeddings: tf.Tensor) -> tf.Tensor:
     """Predicted class ids `[N]`, int32: the argmax of `self(embeddings)`."""
@@ -51,10 +116,26 @@ class Head(tf.Module):
     """Non-gradient update of the head's state; a no-op for most heads."""
     del embeddings, labels
 
+  def prototype_points(self) -> tf.Tensor:
+    """The prototypes as `[M, D]` points of the head's geometry.
+
+    What regularisers such as `PrototypeSpread` act on: every prototype row
+    (all centers of every class) as the head compares embeddings with it.
+    Heads that normalise their prototypes return unit vectors.
+    """
+    return tf.reshape(self.prototypes, [-1, self.embedding_dim])
+
   def config(self) -> dict:
     """The constructor arguments, for logs and hparams summaries."""
-    return {"num_classes": self.num_classes,
-            "embedding_dim": self.embedding_dim}
+    config = {"num_classes": self.num_classes,
+              "embedding_dim": self.embedding_dim}
+    if self.class_weights is not None:
+      config["class_weights"] = self.class_weights.config()
+    if self.focal is not None:
+      config["focal"] = self.focal.config()
+    if self.regularizers:
+      config["regularizers"] = [r.config() for r in self.regularizers]
+    return config
 
 
 # ---------------------------------------------------------------------------
@@ -96,41 +177,28 @@ def sparse_softmax_cross_entropy(logits: tf.Tensor,
       labels=tf.cast(tf.reshape(labels, [-1]), tf.int32), logits=logits)
 
 
-def class_balanced_weights(class_counts: Sequence[float],
-                           beta: float) -> np.ndarray:
-  """Class weights from the effective number of samples (Cui et al. 2019).
-
-  `w_c = (1 - beta) / (1 - beta ** n_c)`, normalised so the weights sum to
-  the number of classes. `beta = 0` gives equal weights; as `beta -> 1` the
-  weights approach inverse class frequency.
-
-  Args:
-    class_counts: number of training examples of each class, all >= 1.
-    beta: in [0, 1).
-
-  Returns:
-    float64 array `[C]`.
-  """
-  counts = np.asarray(class_counts, dtype=np.float64).reshape(-1)
-  if counts.size < 2:
-    raise ValueError(f"`class_counts` needs one count per class (at least 2), "
-                     f"got {counts.size}.")
-  if not np.all(np.isfinite(counts)) or np.any(counts < 1):
-    raise ValueError(f"`class_counts` must be >= 1 for every class, got "
-                     f"min {counts.min()}: drop empty classes or pass no "
-                     f"counts.")
-  check_range("beta", beta, low=0.0, high=1.0, high_open=True)
-  # 1 - beta**n computed as -expm1(n*log(beta)) keeps precision when
-  # beta is close to 1.
-  if beta == 0.0:
-    weights = np.ones_like(counts)
-  else:
-    weights = (1.0 - beta) / -np.expm1(counts * np.log(beta))
-  return weights * (counts.size / weights.sum())
-
-
 # ---------------------------------------------------------------------------
 # Argument checks: one clear line naming the argument and its value.
+
+
+def checked(head: str, **values: Any) -> dict[str, Any]:
+  """Constructor arguments checked by head `head`'s declared options.
+
+  The ranges live in one place, `cfal.heads.registry`; a constructor passes
+  its hyper-parameters here and keeps the converted values.
+
+  Raises:
+    ValueError: one line naming the argument, e.g. "`sigma` (0) must be in
+      (0, inf]."
+  """
+  spec = registry.HEADS[head]
+  result = {}
+  for key, value in values.items():
+    option = spec.option(key)
+    if option is None:   # a head must declare what its constructor takes
+      raise AssertionError(f"head {head!r} declares no option {key!r}")
+    result[key] = option.check(value)
+  return result
 
 
 def _check_int(name: str, value, minimum: int) -> None:
@@ -138,25 +206,3 @@ def _check_int(name: str, value, minimum: int) -> None:
     raise TypeError(f"`{name}` must be an integer, got {value!r}.")
   if value < minimum:
     raise ValueError(f"`{name}` ({value}) must be >= {minimum}.")
-
-
-def check_range(name: str, value, *, low: float | None = None,
-                high: float | None = None, low_open: bool = False,
-                high_open: bool = False) -> float:
-  """Validates a float hyper-parameter and returns it as a Python float."""
-  try:
-    value = float(value)
-  except (TypeError, ValueError):
-    raise TypeError(f"`{name}` must be a number, got {value!r}.") from None
-  ok = math.isfinite(value)
-  if ok and low is not None:
-    ok = value > low if low_open else value >= low
-  if ok and high is not None:
-    ok = value < high if high_open else value <= high
-  if not ok:
-    lo = "(" if low_open else "["
-    hi = ")" if high_open else "]"
-    lo_s = "-inf" if low is None else f"{low:g}"
-    hi_s = "inf" if high is None else f"{high:g}"
-    raise ValueError(f"`{name}` ({value:g}) must be in {lo}{lo_s}, {hi_s}{hi}.")
-  return value

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import tensorflow as tf
 
-from cfal.heads import base
-
-_CENTER_UPDATES = ("alpha", "gradient")
+from cfal.heads import base, parts
 
 
 class CenterLoss(base.Head):
@@ -28,7 +28,10 @@ class CenterLoss(base.Head):
   (as an embedding layer would learn them) and `update` does nothing.
 
   `__call__` returns the logits of the head's own linear classifier
-  (`classifier_kernel` [D, C], `classifier_bias` [C]).
+  (`classifier_kernel` [D, C], `classifier_bias` [C]). A focal part
+  modulates with that classifier's softmax probability of the target.
+  Regularisers act on the centers, so they need
+  `center_update="gradient"` (the alpha rule ignores gradients).
 
   Args:
     num_classes: number of classes C.
@@ -36,6 +39,11 @@ class CenterLoss(base.Head):
     alpha: center learning rate of the update rule, in [0, 1] (default 0.5).
     center_weight: weight lambda of the center term, >= 0 (default 0.01).
     center_update: "alpha" or "gradient".
+    class_weights: optional per-class weights (`ClassWeights` or floats).
+    focal: optional `FocalModulation` of the classifier's target
+      probability.
+    regularizers: optional `Regularizer`s on the centers (only with
+      `center_update="gradient"`).
     seed: makes the initial classifier weights reproducible.
     name: module name.
   """
@@ -44,18 +52,26 @@ class CenterLoss(base.Head):
 
   def __init__(self, *, num_classes: int, embedding_dim: int,
                alpha: float = 0.5, center_weight: float = 0.01,
-               center_update: str = "alpha", seed: int | None = None,
-               name: str | None = None):
+               center_update: str = "alpha",
+               class_weights: parts.ClassWeights | Sequence[float] | None
+               = None,
+               focal: parts.FocalModulation | None = None,
+               regularizers: Sequence[parts.Regularizer] | None = None,
+               seed: int | None = None, name: str | None = None):
+    values = base.checked("center_loss", alpha=alpha,
+                          center_weight=center_weight,
+                          center_update=center_update)
     super().__init__(num_classes=num_classes, embedding_dim=embedding_dim,
-                     name=name)
-    self.alpha = base.check_range("alpha", alpha, low=0.0, high=1.0)
-    self.center_weight = base.check_range("center_weight", center_weight,
-                                          low=0.0)
-    if center_update not in _CENTER_UPDATES:
-      raise ValueError(f"`center_update` ({center_update!r}) must be one of "
-                       f"{', '.join(_CENTER_UPDATES)}.")
-    self.center_update = center_update
-    by_rule = center_update == "alpha"
+                     class_weights=class_weights, focal=focal,
+                     regularizers=regularizers, name=name)
+    self.alpha = values["alpha"]
+    self.center_weight = values["center_weight"]
+    self.center_update = values["center_update"]
+    by_rule = self.center_update == "alpha"
+    if by_rule and self.regularizers:
+      raise ValueError("Regularizers on center-loss centers need "
+                       "`center_update` 'gradient'; the 'alpha' rule never "
+                       "applies their gradient.")
     with self.name_scope:
       self.classifier_kernel = tf.Variable(
           base.initial_value(
@@ -77,13 +93,13 @@ class CenterLoss(base.Head):
     x = base.as_float32(embeddings)
     return tf.matmul(x, self.classifier_kernel) + self.classifier_bias
 
-  def loss(self, embeddings, labels):
+  def core_loss(self, embeddings, labels):
     x = base.as_float32(embeddings)
     onehot = base.one_hot(labels, self.num_classes)
     cross_entropy = base.sparse_softmax_cross_entropy(self(x), labels)
     centers = tf.matmul(onehot, self.prototypes)   # c_{y_i}, dense gather
     pull = 0.5 * tf.reduce_sum(tf.square(x - centers), axis=-1)
-    return cross_entropy + self.center_weight * pull
+    return cross_entropy + self.center_weight * pull, -cross_entropy
 
   def update(self, embeddings, labels):
     if self.center_update != "alpha":

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import tensorflow as tf
-
-from cfal.heads import base
+from cfal.heads import base, parts
 from cfal.heads.affinity import Affinity
 
 
@@ -26,6 +24,11 @@ class CFAL(Affinity):
   weight, as the paper describes (the authors' Keras code collapses it to
   one scalar per batch through an (N, 1) x (N,) broadcast).
 
+  Built from parts: this is
+
+    Affinity(..., focal=FocalModulation(gamma, back_propagate=False),
+             class_weights=ClassWeights.effective_number(class_counts, beta))
+
   With `gamma = 0` and no class counts this is exactly `Affinity`.
 
   Args:
@@ -38,6 +41,9 @@ class CFAL(Affinity):
     class_counts: training examples per class, each >= 1 (optional).
     beta: effective-number parameter, in [0, 1) (default 0.9999).
     spread_weight: weight of `R_w`, >= 0 (default 1).
+    class_weights: explicit per-class weights (`ClassWeights` or floats)
+      instead of the effective-number ones; not with `class_counts`.
+    regularizers: further `Regularizer`s besides `R_w`.
     seed: makes the initial prototypes reproducible.
     name: module name.
   """
@@ -47,31 +53,24 @@ class CFAL(Affinity):
                margin: float = 0.75, gamma: float = 2.0,
                class_counts: Sequence[float] | None = None,
                beta: float = 0.9999, spread_weight: float = 1.0,
+               class_weights: parts.ClassWeights | Sequence[float] | None
+               = None,
+               regularizers: Sequence[parts.Regularizer] | None = None,
                seed: int | None = None, name: str | None = None):
+    values = base.checked("cfal", gamma=gamma, beta=beta)
+    if class_counts is not None and class_weights is not None:
+      raise ValueError("Pass either `class_counts` or `class_weights` to "
+                       "CFAL, not both.")
+    if class_counts is not None:
+      class_weights = parts.ClassWeights.effective_number(class_counts,
+                                                          values["beta"])
     super().__init__(num_classes=num_classes, embedding_dim=embedding_dim,
                      num_centers=num_centers, sigma=sigma, margin=margin,
-                     spread_weight=spread_weight, seed=seed, name=name)
-    self.gamma = base.check_range("gamma", gamma, low=0.0)
-    self.beta = base.check_range("beta", beta, low=0.0, high=1.0,
-                                 high_open=True)
-    self.class_weights = None
-    if class_counts is not None:
-      weights = base.class_balanced_weights(class_counts, self.beta)
-      if weights.size != self.num_classes:
-        raise ValueError(f"`class_counts` has {weights.size} entries but "
-                         f"`num_classes` is {self.num_classes}.")
-      self.class_weights = tf.constant(weights, tf.float32)
-
-  def loss(self, embeddings, labels):
-    d_target, loss = self._terms(embeddings, labels)
-    factor = tf.ones_like(d_target)
-    if self.gamma > 0:
-      factor = tf.pow(tf.maximum(1.0 - d_target, 0.0), self.gamma)
-    if self.class_weights is not None:
-      onehot = base.one_hot(labels, self.num_classes)
-      factor *= tf.linalg.matvec(onehot, self.class_weights)
-    return tf.stop_gradient(factor) * loss
+                     spread_weight=spread_weight, class_weights=class_weights,
+                     focal=parts.FocalModulation(values["gamma"],
+                                                 back_propagate=False),
+                     regularizers=regularizers, seed=seed, name=name)
+    self.gamma, self.beta = values["gamma"], values["beta"]
 
   def config(self):
-    return {**super().config(), "gamma": self.gamma, "beta": self.beta,
-            "class_weighted": self.class_weights is not None}
+    return {**super().config(), "gamma": self.gamma, "beta": self.beta}

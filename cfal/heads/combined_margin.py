@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import tensorflow as tf
 
-from cfal.heads import base
+from cfal.heads import base, parts
 
 
 class CombinedMargin(base.Head):
@@ -29,7 +30,9 @@ class CombinedMargin(base.Head):
     `u = m1 * theta + m2`, `k = floor(u / pi)` (Liu et al., "SphereFace",
     CVPR 2017), which equals `cos(u) - m3` for `u <= pi`.
 
-  `loss` is the cross-entropy of the margin logits. `__call__` returns plain
+  The core loss is the cross-entropy of the margin logits; class weights,
+  focal modulation (of the margin softmax's target probability) and
+  regularisers compose with it (see `Head`). `__call__` returns plain
   `s * cos` unless called with labels and `training=True`. Square roots and
   arccos are guarded so that cos = +-1 and zero embeddings give finite
   gradients.
@@ -41,23 +44,31 @@ class CombinedMargin(base.Head):
     m2: additive angular margin in radians, in [0, pi).
     m3: additive cosine margin, >= 0.
     scale: the logit scale s, > 0 (default 64 as in ArcFace).
+    class_weights: optional per-class weights (`ClassWeights` or floats).
+    focal: optional `FocalModulation` of the softmax target probability.
+    regularizers: optional `Regularizer`s on the unit prototypes.
     seed: makes the initial prototypes reproducible.
     name: module name.
   """
 
   embedding_metric = "cosine"
+  normalized_embeddings = True
 
   def __init__(self, *, num_classes: int, embedding_dim: int,
                m1: float = 1.0, m2: float = 0.0, m3: float = 0.0,
-               scale: float = 64.0, seed: int | None = None,
-               name: str | None = None):
+               scale: float = 64.0,
+               class_weights: parts.ClassWeights | Sequence[float] | None
+               = None,
+               focal: parts.FocalModulation | None = None,
+               regularizers: Sequence[parts.Regularizer] | None = None,
+               seed: int | None = None, name: str | None = None):
+    values = base.checked("combined_margin", m1=m1, m2=m2, m3=m3,
+                          scale=scale)
     super().__init__(num_classes=num_classes, embedding_dim=embedding_dim,
-                     name=name)
-    self.m1 = base.check_range("m1", m1, low=1.0)
-    self.m2 = base.check_range("m2", m2, low=0.0, high=math.pi,
-                               high_open=True)
-    self.m3 = base.check_range("m3", m3, low=0.0)
-    self.scale = base.check_range("scale", scale, low=0.0, low_open=True)
+                     class_weights=class_weights, focal=focal,
+                     regularizers=regularizers, name=name)
+    self.m1, self.m2, self.m3 = values["m1"], values["m2"], values["m3"]
+    self.scale = values["scale"]
     with self.name_scope:
       # insightface initialises with N(0, 0.01); only directions matter.
       self.prototypes = tf.Variable(
@@ -95,9 +106,14 @@ class CombinedMargin(base.Head):
     psi = self.target_logit(cos_y)
     return self.scale * tf.where(is_target, psi[:, None], cos)
 
-  def loss(self, embeddings, labels):
+  def core_loss(self, embeddings, labels):
     logits = self(embeddings, labels, training=True)
-    return base.sparse_softmax_cross_entropy(logits, labels)
+    cross_entropy = base.sparse_softmax_cross_entropy(logits, labels)
+    return cross_entropy, -cross_entropy
+
+  def prototype_points(self):
+    """The unit prototypes: only their directions enter the logits."""
+    return tf.math.l2_normalize(self.prototypes, axis=-1)
 
   def config(self):
     return {**super().config(), "m1": self.m1, "m2": self.m2, "m3": self.m3,

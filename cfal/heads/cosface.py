@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
+from cfal.heads import base, parts
 from cfal.heads.combined_margin import CombinedMargin
 
 
@@ -17,22 +20,29 @@ class CosFace(CombinedMargin):
     embedding_dim: embedding size D.
     scale: logit scale s (default 64).
     margin: cosine margin m, in [0, 2] (default 0.35).
+    class_weights: optional per-class weights (`ClassWeights` or floats).
+    focal: optional `FocalModulation` of the softmax target probability.
+    regularizers: optional `Regularizer`s on the unit prototypes.
     seed: makes the initial prototypes reproducible.
     name: module name.
   """
 
   def __init__(self, *, num_classes: int, embedding_dim: int,
                scale: float = 64.0, margin: float = 0.35,
+               class_weights: parts.ClassWeights | Sequence[float] | None
+               = None,
+               focal: parts.FocalModulation | None = None,
+               regularizers: Sequence[parts.Regularizer] | None = None,
                seed: int | None = None, name: str | None = None):
-    if not 0.0 <= float(margin) <= 2.0:
-      raise ValueError(f"CosFace `margin` ({margin}) is subtracted from a "
-                       f"cosine and must be in [0, 2]; 0.35 is the paper's.")
+    values = base.checked("cosface", scale=scale, margin=margin)
     super().__init__(num_classes=num_classes, embedding_dim=embedding_dim,
-                     m1=1.0, m2=0.0, m3=margin, scale=scale, seed=seed,
-                     name=name)
+                     m1=1.0, m2=0.0, m3=values["margin"], scale=values["scale"],
+                     class_weights=class_weights, focal=focal,
+                     regularizers=regularizers, seed=seed, name=name)
     self.margin = self.m3
 
   def config(self):
-    return {"num_classes": self.num_classes,
-            "embedding_dim": self.embedding_dim, "scale": self.scale,
-            "margin": self.margin}
+    config = super().config()
+    for key in ("m1", "m2", "m3"):
+      del config[key]
+    return {**config, "margin": self.margin}

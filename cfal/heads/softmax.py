@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import tensorflow as tf
 
-from cfal.heads import base
+from cfal.heads import base, parts
 
 
 class Softmax(base.Head):
   """Linear classifier with softmax cross-entropy.
 
   `logits_ij = x_i . w_j + b_j`, `loss_i = -log softmax(logits_i)_{y_i}`.
-  The weight rows `w_j` are the class prototypes.
+  The weight rows `w_j` are the class prototypes. With parts (see `Head`)
+  this is also a class-weighted or focal softmax, e.g.
+  `Softmax(..., class_weights=[1.0, 4.0, ...])`.
 
   Args:
     num_classes: number of classes C.
     embedding_dim: embedding size D.
     use_bias: add the bias `b` (default True).
+    class_weights: optional per-class weights (`ClassWeights` or floats).
+    focal: optional `FocalModulation` of the softmax target probability.
+    regularizers: optional `Regularizer`s on the weight rows.
     seed: makes the initial weights reproducible.
     name: module name.
   """
@@ -24,11 +31,16 @@ class Softmax(base.Head):
   embedding_metric = "cosine"
 
   def __init__(self, *, num_classes: int, embedding_dim: int,
-               use_bias: bool = True, seed: int | None = None,
-               name: str | None = None):
+               use_bias: bool = True,
+               class_weights: parts.ClassWeights | Sequence[float] | None
+               = None,
+               focal: parts.FocalModulation | None = None,
+               regularizers: Sequence[parts.Regularizer] | None = None,
+               seed: int | None = None, name: str | None = None):
     super().__init__(num_classes=num_classes, embedding_dim=embedding_dim,
-                     name=name)
-    self.use_bias = bool(use_bias)
+                     class_weights=class_weights, focal=focal,
+                     regularizers=regularizers, name=name)
+    self.use_bias = base.checked("softmax", use_bias=use_bias)["use_bias"]
     with self.name_scope:
       self.prototypes = tf.Variable(
           base.initial_value(
@@ -46,8 +58,9 @@ class Softmax(base.Head):
       logits += self.bias
     return logits
 
-  def loss(self, embeddings, labels):
-    return base.sparse_softmax_cross_entropy(self(embeddings), labels)
+  def core_loss(self, embeddings, labels):
+    cross_entropy = base.sparse_softmax_cross_entropy(self(embeddings), labels)
+    return cross_entropy, -cross_entropy
 
   def config(self):
     return {**super().config(), "use_bias": self.use_bias}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
+from cfal.heads import base, parts
 from cfal.heads.combined_margin import CombinedMargin
 
 
@@ -20,22 +23,29 @@ class SphereFace(CombinedMargin):
     embedding_dim: embedding size D.
     scale: logit scale s (default 64).
     margin: multiplicative margin m >= 1 (default 1.35).
+    class_weights: optional per-class weights (`ClassWeights` or floats).
+    focal: optional `FocalModulation` of the softmax target probability.
+    regularizers: optional `Regularizer`s on the unit prototypes.
     seed: makes the initial prototypes reproducible.
     name: module name.
   """
 
   def __init__(self, *, num_classes: int, embedding_dim: int,
                scale: float = 64.0, margin: float = 1.35,
+               class_weights: parts.ClassWeights | Sequence[float] | None
+               = None,
+               focal: parts.FocalModulation | None = None,
+               regularizers: Sequence[parts.Regularizer] | None = None,
                seed: int | None = None, name: str | None = None):
-    if not float(margin) >= 1.0:
-      raise ValueError(f"SphereFace `margin` ({margin}) multiplies the angle "
-                       f"and must be >= 1; 1.35 is ArcFace's baseline value.")
+    values = base.checked("sphereface", scale=scale, margin=margin)
     super().__init__(num_classes=num_classes, embedding_dim=embedding_dim,
-                     m1=margin, m2=0.0, m3=0.0, scale=scale, seed=seed,
-                     name=name)
+                     m1=values["margin"], m2=0.0, m3=0.0, scale=values["scale"],
+                     class_weights=class_weights, focal=focal,
+                     regularizers=regularizers, seed=seed, name=name)
     self.margin = self.m1
 
   def config(self):
-    return {"num_classes": self.num_classes,
-            "embedding_dim": self.embedding_dim, "scale": self.scale,
-            "margin": self.margin}
+    config = super().config()
+    for key in ("m1", "m2", "m3"):
+      del config[key]
+    return {**config, "margin": self.margin}
