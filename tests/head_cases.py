@@ -33,6 +33,24 @@ CASES: dict[str, tuple[type, dict]] = {
     "cfal": (heads.CFAL, {"sigma": 4.0, "gamma": 2.0, "class_counts": COUNTS,
                           "beta": 0.999}),
     "cfal_3c": (heads.CFAL, {"sigma": 4.0, "num_centers": 3, "gamma": 0.5}),
+    # Heads composed from loss parts (cfal.heads.parts).
+    "arcface_balanced": (heads.ArcFace, {
+        "scale": 16.0, "margin": 0.5,
+        "class_weights": heads.ClassWeights.effective_number(COUNTS, 0.99)}),
+    "cosface_focal": (heads.CosFace, {
+        "scale": 16.0, "margin": 0.35, "focal": heads.FocalModulation(2.0)}),
+    "softmax_weighted": (heads.Softmax, {
+        "class_weights": [0.5, 1.0, 2.0, 4.0, 8.0]}),
+    "softmax_focal_spread": (heads.Softmax, {
+        "focal": heads.FocalModulation(0.5),
+        "regularizers": [heads.PrototypeSpread(0.5)]}),
+    "center_loss_spread": (heads.CenterLoss, {
+        "center_weight": 0.1, "center_update": "gradient",
+        "regularizers": [heads.PrototypeSpread(0.1)]}),
+    "affinity_backprop_focal": (heads.Affinity, {
+        "sigma": 4.0, "num_centers": 2,
+        "focal": heads.FocalModulation(2.0, back_propagate=True),
+        "class_weights": heads.ClassWeights.effective_number(COUNTS)}),
 }
 
 

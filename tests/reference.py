@@ -266,3 +266,49 @@ def affinity_kink_distance(x, y, W, sigma, margin, negligible=1e-12):
         if relevant.any():
             tie = float(gap[relevant].min())
     return hinge, tie
+
+
+# --------------------------------------------------------------------------
+# composed losses: class weights, focal modulation and a regulariser on any
+# softmax-type head (cfal.heads.parts)
+# --------------------------------------------------------------------------
+
+def composed_softmax_loss(logits, y, class_weights=None, gamma=0.0,
+                          penalty=0.0) -> np.ndarray:
+    """w_{y_i} (1 - p_{i,y_i})^gamma (-log p_{i,y_i} + penalty), [N].
+
+    ``logits`` are a head's training logits (margin applied); ``p`` their
+    softmax.  The class-balanced loss of Cui et al. 2019 is the weighted
+    cross-entropy (``class_weights`` from ``class_balanced_weights``), the
+    focal loss of Lin et al. 2017 the modulated one, and ``penalty`` a
+    scalar regulariser added to every example before both factors (as CFAL
+    adds R_w).  Every factor is part of the function: its finite
+    differences include the modulating factor's derivative."""
+    y = np.asarray(y)
+    logp_y = log_softmax(logits)[np.arange(len(y)), y]
+    w = (np.ones(np.shape(logits)[1]) if class_weights is None
+         else f64(class_weights))
+    modulation = np.power(-np.expm1(logp_y), gamma)   # (1 - p)^gamma
+    return w[y] * modulation * (-logp_y + penalty)
+
+
+def composed_margin_loss(x, y, W, m1=1.0, m2=0.0, m3=0.0, scale=64.0,
+                         class_weights=None, gamma=0.0, spread_weight=0.0):
+    """A combined-margin head (ArcFace / CosFace / SphereFace) with class
+    weights, focal modulation and the prototype spread of its unit
+    prototypes (only directions enter its logits)."""
+    penalty = 0.0
+    if spread_weight:
+        penalty = spread_weight * prototype_spread(l2_normalize_rows(W))
+    return composed_softmax_loss(
+        combined_margin_logits(x, y, W, m1, m2, m3, scale), y, class_weights,
+        gamma, penalty)
+
+
+def composed_linear_loss(x, y, W, b=None, class_weights=None, gamma=0.0,
+                         spread_weight=0.0):
+    """A linear softmax with class weights, focal modulation and the
+    prototype spread of its weight rows."""
+    penalty = spread_weight * prototype_spread(W) if spread_weight else 0.0
+    return composed_softmax_loss(linear_logits(x, W, b), y, class_weights,
+                                 gamma, penalty)

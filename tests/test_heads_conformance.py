@@ -4,6 +4,7 @@ MirroredStrategy, through a checkpoint, and in reduced precision."""
 from __future__ import annotations
 
 import ast
+import inspect
 import pathlib
 
 import keras
@@ -12,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 import cfal.heads as heads
+from cfal.heads import registry
 from conftest import mirrored_strategy
 from head_cases import CASES, EMBEDDING_DIM, NUM_CLASSES, make_head
 
@@ -212,13 +214,82 @@ def test_two_replica_training_matches_one_device(case):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
 
 
-@pytest.mark.parametrize("case", ["center_loss", "cfal_3c"])
+@pytest.mark.parametrize("case", ["center_loss", "cfal_3c", "cosface_focal"])
 def test_xla_gradients_under_strategy_match(case):
   """The per-replica gradient computation jit-compiled under a strategy."""
   plain = _train(mirrored_strategy(2), case, steps=2)
   xla = _train(mirrored_strategy(2), case, steps=2, jit=True)
   for got, want in zip(xla, plain):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
+
+
+# ---------------------------------------------------------------------------
+# Declarations: the registry and the constructors agree.
+
+# Constructor keywords that are not user options: sizes and identity, the
+# data's class counts, and the part objects (the registry's generic options
+# reach them through `build_head`). Focal's `alpha` is the paper's name for
+# `class_weights` (and `alpha` means the center-loss rate on the command
+# line).
+_NOT_OPTIONS = {"self", "num_classes", "embedding_dim", "seed", "name",
+                "class_counts", "class_weights", "focal", "regularizers"}
+_ALIASES = {"focal": {"alpha"}}
+
+
+@pytest.mark.parametrize("name", sorted(registry.HEADS))
+def test_constructor_keywords_are_declared_and_defaults_valid(name):
+  spec = registry.HEADS[name]
+  cls = spec.load()
+  assert issubclass(cls, heads.Head) and heads.HEADS[name] is cls
+  parameters = inspect.signature(cls.__init__).parameters
+  own = set(parameters) - _NOT_OPTIONS - _ALIASES.get(name, set())
+  undeclared = own - set(spec.option_names)
+  assert not undeclared, f"{name} does not declare {sorted(undeclared)}"
+  for key in own:
+    default = parameters[key].default
+    assert default is not inspect.Parameter.empty, f"{name}.{key}"
+    assert spec.option(key).check(default) == default, (name, key)
+  # Every part keyword is accepted (Focal and CFAL make their own focal).
+  for key in ("class_weights", "regularizers"):
+    assert key in parameters, (name, key)
+  assert ("focal" in parameters) == (name not in ("focal", "cfal"))
+  # Every generic option is declared, so build_head can map it.
+  assert set(registry.GENERIC_NAMES) <= set(spec.option_names)
+
+
+@pytest.mark.parametrize("name", sorted(registry.HEADS))
+def test_declared_ranges_are_the_constructor_checks(name):
+  """A value just outside each declared range is refused by the class
+  itself, with a one-line message naming the option."""
+  spec = registry.HEADS[name]
+  cls = spec.load()
+  parameters = inspect.signature(cls.__init__).parameters
+  for option in spec.options:
+    if option.name not in parameters or option.name in _NOT_OPTIONS:
+      continue
+    if option.choices:
+      bad = "nope"
+    elif option.low is not None:
+      bad = option.low if option.low_open else option.low - 0.5
+    elif option.high is not None:
+      bad = option.high if option.high_open else option.high + 0.5
+    else:
+      continue
+    with pytest.raises(ValueError) as error:
+      cls(num_classes=NUM_CLASSES, embedding_dim=EMBEDDING_DIM,
+          **{option.name: bad})
+    assert f"`{option.name}`" in str(error.value), (name, option.name)
+    assert "\n" not in str(error.value)
+
+
+def test_normalized_embeddings_says_what_the_backbone_must_give():
+  normalized = {name for name, cls in heads.HEADS.items()
+                if cls.normalized_embeddings}
+  assert normalized == {"arcface", "cosface", "sphereface",
+                        "combined_margin"}
+  for name, cls in heads.HEADS.items():
+    assert cls.normalized_embeddings == issubclass(cls, heads.CombinedMargin)
+    assert isinstance(cls.normalized_embeddings, bool), name
 
 
 # ---------------------------------------------------------------------------
