@@ -17,6 +17,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from cfal.heads import registry   # declarations only: no TensorFlow
+
 if TYPE_CHECKING:
   from cfal.heads.affinity import Affinity
   from cfal.heads.arcface import ArcFace
@@ -34,27 +36,31 @@ if TYPE_CHECKING:
   from cfal.heads.softmax import Softmax
   from cfal.heads.sphereface import SphereFace
 
-# Public name -> the module defining it.
+# Public name -> the module defining it. Every class named in the
+# registry (`registry.HEADS[...].target`) is exported as well.
 _EXPORTS = {
-    "Affinity": "affinity", "ArcFace": "arcface", "CFAL": "cfal",
-    "CenterLoss": "center_loss", "CombinedMargin": "combined_margin",
-    "CosFace": "cosface", "Focal": "focal", "Head": "base",
-    "Softmax": "softmax", "SphereFace": "sphereface",
-    "ClassWeights": "parts", "FocalModulation": "parts",
+    "Head": "base", "ClassWeights": "parts", "FocalModulation": "parts",
     "PrototypeSpread": "parts", "Regularizer": "parts",
     "class_balanced_weights": "parts", "build_head": "factory",
     "check_head_options": "registry",
 }
 
 
+def _exports() -> dict[str, str]:
+  exports = dict(_EXPORTS)
+  for spec in registry.HEADS.values():
+    module, _, attribute = spec.target.partition(":")
+    exports[attribute] = module.rpartition(".")[2]
+  return exports
+
+
 def __getattr__(name: str) -> Any:
   if name == "HEADS":
     # Registry name -> class, for the tests and the examples; the
     # declarations are `cfal.heads.registry.HEADS`.
-    from cfal.heads import registry  # pylint: disable=import-outside-toplevel
     value = {key: spec.load() for key, spec in registry.HEADS.items()}
-  elif name in _EXPORTS:
-    module = importlib.import_module(f"cfal.heads.{_EXPORTS[name]}")
+  elif name in _exports():
+    module = importlib.import_module(f"cfal.heads.{_exports()[name]}")
     value = getattr(module, name)
   else:
     raise AttributeError(f"module 'cfal.heads' has no attribute {name!r}")
@@ -66,4 +72,4 @@ def __dir__() -> list[str]:
   return sorted(set(globals()) | set(__all__))
 
 
-__all__ = sorted([*_EXPORTS, "HEADS"])
+__all__ = sorted([*_exports(), "HEADS"])
