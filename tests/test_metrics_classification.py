@@ -254,3 +254,11 @@ def test_bad_num_classes():
     ConfusionMatrix(0)
   with pytest.raises(TypeError, match="num_classes"):
     confusion_matrix_update([0], [0], 2.5)
+
+
+def test_report_degenerate_cases_raise_no_warnings():
+  # scikit-learn warns on these; the report documents their values instead.
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    classification_report(np.array([[5, 0], [0, 0]]))          # one class
+    classification_report(np.array([[2, 0, 1], [0, 0, 0], [1, 0, 3]]))

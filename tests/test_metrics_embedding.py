@@ -307,6 +307,55 @@ def test_retrieval_rejects_bad_input():
     retrieval_metrics(x, labels, chunk_size=0)
 
 
+def _tied_data(seed: int, n: int, metric: str):
+  """Exact ties between classes, and singleton classes.
+
+  Euclidean: small integer coordinates, so distinct points tie too.
+  Cosine: copies of random directions, some scaled by 2 (the same unit
+  vector exactly); distinct directions at mathematically equal angles are
+  not used, their keys need not be equal after normalising (see the
+  `retrieval_metrics` docstring).
+  """
+  rng = np.random.default_rng(seed)
+  if metric == "euclidean":
+    base = rng.integers(-2, 3, size=(max(n // 4, 2), 3)).astype(np.float64)
+  else:
+    base = rng.normal(size=(max(n // 4, 2), 3))
+  x = base[rng.integers(0, base.shape[0], size=n)]
+  if metric == "cosine":
+    x = x * rng.choice([1.0, 2.0], size=(n, 1))
+  labels = rng.integers(0, 4, size=n)
+  labels[rng.choice(n, size=3, replace=False)] = [50, 51, 52]  # singletons
+  return x, labels
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("seed", range(6))
+def test_retrieval_ties_singletons_random_chunks_match_brute_force(metric,
+                                                                    seed):
+  x, labels = _tied_data(seed, 90 + 17 * seed, metric)
+  want = _brute_force_retrieval(x, labels, metric)
+  chunk_sizes = np.random.default_rng(100 + seed).integers(1, 130, size=3)
+  for chunk_size in chunk_sizes:
+    got = retrieval_metrics(x, labels, metric=metric,
+                            chunk_size=int(chunk_size))
+    _assert_retrieval_close(got, want)
+  assert got["num_queries_skipped"] == want["num_queries_skipped"] >= 3
+
+
+def test_retrieval_progress_callback():
+  x, labels = _random_data(4, 100, 3, 4)
+  labels[:30] = np.arange(100, 130)  # a chunk of singletons is reported too
+  calls = []
+  got = retrieval_metrics(x, labels, chunk_size=30,
+                          progress=lambda done, total: calls.append(
+                              (done, total)))
+  assert calls == [(30, 100), (60, 100), (90, 100), (100, 100)]
+  assert got == retrieval_metrics(x, labels, chunk_size=30)
+  with pytest.raises(TypeError, match="progress"):
+    retrieval_metrics(x, labels, progress="yes")
+
+
 # ---------------------------------------------------------------------------
 # Compactness and separation.
 

@@ -262,3 +262,16 @@ def test_embedding_figure_two_classes_pca_with_multi_center_prototypes():
   assert offsets == [4, 120]
   image = figure_to_image_tensor(fig)
   assert image.dtype == tf.uint8 and image.shape[-1] == 4
+
+
+def test_pca_signs_deterministic_and_constant_data():
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(200, 6)) @ rng.normal(size=(6, 6))
+  _, components, _ = pca(x, 3)
+  biggest = np.argmax(np.abs(components), axis=1)
+  assert np.all(components[np.arange(3), biggest] > 0)
+  _, flipped, _ = pca(-x, 3)      # the same axes, whatever the data's sign
+  np.testing.assert_allclose(flipped, components, atol=1e-10)
+  mean, _, ratio = pca(np.full((5, 4), 3.0), 2)
+  np.testing.assert_array_equal(mean, 3.0)
+  np.testing.assert_array_equal(ratio, 0.0)

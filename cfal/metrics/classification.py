@@ -3,8 +3,9 @@
 The split is deliberate: the compiled (and possibly distributed) eval step
 only counts, with `confusion_matrix_update` or a `ConfusionMatrix`
 accumulator, and returns or holds a small `[C, C]` int64 matrix. Every score
-is then derived on the host, in NumPy, by `classification_report`, so the
-scores are exact and cost nothing in the step.
+is then derived on the host by `classification_report`, through
+scikit-learn with the confusion cells as weighted samples, so the scores
+are sklearn's own and cost nothing in the step.
 
 Conventions: rows are the true class, columns the predicted class, as in
 `sklearn.metrics.confusion_matrix`.
@@ -12,10 +13,12 @@ Conventions: rows are the true class, columns the predicted class, as in
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
+from sklearn import metrics as skm
 
 from cfal.heads.base import _check_int
 
@@ -121,16 +124,7 @@ class ConfusionMatrix(tf.Module):
 
 
 # ---------------------------------------------------------------------------
-# Scores from a confusion matrix (host side, NumPy).
-
-
-def _safe_divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-  """`numerator / denominator`, 0 where the denominator is 0."""
-  numerator = np.asarray(numerator, dtype=np.float64)
-  denominator = np.asarray(denominator, dtype=np.float64)
-  out = np.zeros(np.broadcast(numerator, denominator).shape)
-  np.divide(numerator, denominator, out=out, where=denominator != 0)
-  return out
+# Scores from a confusion matrix (host side, scikit-learn).
 
 
 def classification_report(confusion: np.ndarray,
@@ -138,8 +132,10 @@ def classification_report(confusion: np.ndarray,
   """Accuracy, balanced accuracy, macro/weighted P/R/F1, MCC, kappa, per class.
 
   Everything is computed from the `[C, C]` confusion matrix (rows true,
-  columns predicted; counts, or weighted counts if float) and agrees with
-  scikit-learn called on the underlying labels as follows:
+  columns predicted; counts, or weighted counts if float) by scikit-learn,
+  each non-zero cell `(i, j)` passed as one sample with true class i,
+  prediction j and `sample_weight` its count; this equals scikit-learn
+  called on the underlying labels as follows:
 
   * `accuracy`: `accuracy_score`.
   * `balanced_accuracy`: `balanced_accuracy_score`, the mean recall over the
@@ -198,34 +194,38 @@ def classification_report(confusion: np.ndarray,
   if len(set(class_names)) != num_classes:
     raise ValueError("`class_names` must be unique.")
 
-  tp = np.diag(cm)
+  # scikit-learn on the C * C cells: cell (i, j) is one "example" with
+  # true class i, predicted class j and sample weight cm[i, j], so every
+  # score is sklearn's on the underlying labels without expanding them.
+  # Zero-weight cells are dropped (a class then present in neither array is
+  # still scored through `labels=range(C)`).
+  true_cls, pred_cls = np.divmod(np.arange(num_classes * num_classes),
+                                 num_classes)
+  weight = cm.reshape(-1)
+  nonzero = weight > 0
+  y_true, y_pred = true_cls[nonzero], pred_cls[nonzero]
+  weight = weight[nonzero]
+  labels = np.arange(num_classes)
+  with warnings.catch_warnings():
+    # sklearn warns on the degenerate cases whose values are documented
+    # above (a class never predicted or absent from the labels, MCC or
+    # kappa undefined): UndefinedMetricWarning, UserWarning, RuntimeWarning.
+    warnings.simplefilter("ignore")
+    precision, recall, f1, _ = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, sample_weight=weight,
+        zero_division=0.0)
+    averages = {
+        average: skm.precision_recall_fscore_support(
+            y_true, y_pred, labels=labels, average=average,
+            sample_weight=weight, zero_division=0.0)[:3]
+        for average in ("macro", "weighted")}
+    accuracy = skm.accuracy_score(y_true, y_pred, sample_weight=weight)
+    balanced = skm.balanced_accuracy_score(y_true, y_pred,
+                                           sample_weight=weight)
+    mcc = skm.matthews_corrcoef(y_true, y_pred, sample_weight=weight)
+    kappa = skm.cohen_kappa_score(y_true, y_pred, labels=labels,
+                                  sample_weight=weight)
   support = cm.sum(axis=1)       # true count per class
-  predicted = cm.sum(axis=0)     # predicted count per class
-  fp = predicted - tp
-  fn = support - tp
-  precision = _safe_divide(tp, predicted)
-  recall = _safe_divide(tp, support)
-  f1 = _safe_divide(2.0 * tp, 2.0 * tp + fp + fn)
-
-  present = support > 0
-  weights = support / total
-
-  # Matthews correlation, multiclass (Gorodkin's R_K), as sklearn.
-  correct = tp.sum()
-  cov_true_pred = correct * total - support @ predicted
-  cov_pred_pred = total ** 2 - predicted @ predicted
-  cov_true_true = total ** 2 - support @ support
-  denominator = cov_pred_pred * cov_true_true
-  mcc = 0.0 if denominator == 0 else cov_true_pred / np.sqrt(denominator)
-
-  # Cohen's kappa: 1 - observed disagreement / chance disagreement.
-  expected = np.outer(support, predicted) / total
-  chance_disagreement = expected.sum() - np.trace(expected)
-  observed_disagreement = total - correct
-  if chance_disagreement == 0:
-    kappa = float("nan")
-  else:
-    kappa = 1.0 - observed_disagreement / chance_disagreement
 
   def count(value: float) -> int | float:
     return int(round(value)) if integer_counts else float(value)
@@ -234,15 +234,16 @@ def classification_report(confusion: np.ndarray,
       name: {"precision": float(precision[c]), "recall": float(recall[c]),
              "f1": float(f1[c]), "support": count(support[c])}
       for c, name in enumerate(class_names)}
+  macro, weighted = averages["macro"], averages["weighted"]
   return {
-      "accuracy": float(correct / total),
-      "balanced_accuracy": float(recall[present].mean()),
-      "macro_precision": float(precision.mean()),
-      "macro_recall": float(recall.mean()),
-      "macro_f1": float(f1.mean()),
-      "weighted_precision": float(weights @ precision),
-      "weighted_recall": float(weights @ recall),
-      "weighted_f1": float(weights @ f1),
+      "accuracy": float(accuracy),
+      "balanced_accuracy": float(balanced),
+      "macro_precision": float(macro[0]),
+      "macro_recall": float(macro[1]),
+      "macro_f1": float(macro[2]),
+      "weighted_precision": float(weighted[0]),
+      "weighted_recall": float(weighted[1]),
+      "weighted_f1": float(weighted[2]),
       "mcc": float(mcc),
       "cohen_kappa": float(kappa),
       "num_samples": count(total),

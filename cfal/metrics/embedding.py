@@ -22,6 +22,7 @@ plain Python `float` or `int`, so the dicts can go straight to JSON.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 
@@ -270,7 +271,9 @@ def _ranked_neighbours(keys: np.ndarray, r: int) -> np.ndarray:
 
 def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray,
                       metric: str = "euclidean",
-                      chunk_size: int = 1024) -> dict:
+                      chunk_size: int = 1024,
+                      progress: Callable[[int, int], None] | None = None
+                      ) -> dict:
   """Leave-one-out retrieval scores: precision@1, R-precision and MAP@R.
 
   Every embedding is a query against all the OTHER N - 1 embeddings (itself
@@ -303,8 +306,9 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray,
   keys are equal (always, e.g., for small integer coordinates).
 
   Cost: `O(N^2 D)` for the matmuls plus, per query, an `O(N)` partition and
-  an `O(R log R)` sort. Memory: one float64 `[chunk_size, N]` block of keys
-  (two briefly, when the embeddings hold duplicates), never `[N, N]`.
+  an `O(R log R)` sort. Memory: one float64 `[chunk_size, N]` block of keys,
+  allocated once and reused by every chunk (two briefly, when the
+  embeddings hold duplicates), never `[N, N]`.
 
   Args:
     embeddings: real `[N, D]` array (any float or int dtype), all finite.
@@ -315,6 +319,9 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray,
       number of query rows and change a dot product in its last bits, which
       can only swap two neighbours whose distances agree to ~1e-12 relative
       (identical embeddings stay exactly tied).
+    progress: optional `progress(done, total)`, called after each chunk
+      with the number of queries processed so far and N, e.g. to print a
+      progress line on a long run. Default None: silent.
 
   Returns:
     A dict with `metric` (str), the floats `precision_at_1`, `r_precision`
@@ -322,6 +329,9 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray,
     averaged over) and `num_queries_skipped` (queries with R = 0).
   """
   chunk_size = _check_chunk_size(chunk_size)
+  if progress is not None and not callable(progress):
+    raise TypeError(f"`progress` must be callable or None, got "
+                    f"{progress!r}.")
   x, _, class_index, counts = _prepare(embeddings, labels, metric)
   n = x.shape[0]
   r_of = counts[class_index] - 1  # R of each query
@@ -338,17 +348,23 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray,
   p_at_1 = np.full(n, np.nan)
   r_prec = np.full(n, np.nan)
   map_r = np.full(n, np.nan)
+  products = None  # the [chunk, U] matmul output, reused by every chunk
   for start in range(0, n, chunk_size):
     stop = min(start + chunk_size, n)
     if not np.any(r_of[start:stop] > 0):
+      if progress is not None:
+        progress(stop, n)
       continue
+    if products is None:
+      products = np.empty((min(chunk_size, n), unique_rows.shape[0]))
+    keys = products[:stop - start]
     # Scaling the queries by -2 (or -1) is exact, so this is bit for bit
     # -2 (or -1) times the dot products, without another pass over them.
     if metric == "euclidean":
-      keys = (-2.0 * x[start:stop]) @ unique_rows.T   # [chunk, U]
+      np.matmul(-2.0 * x[start:stop], unique_rows.T, out=keys)  # [chunk, U]
       keys += unique_sq[None, :]
     else:
-      keys = (-x[start:stop]) @ unique_rows.T
+      np.matmul(-x[start:stop], unique_rows.T, out=keys)
     if inverse is not None:
       keys = keys[:, inverse]                # [chunk, N]
     rows = np.arange(stop - start)
@@ -365,7 +381,9 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray,
       r_prec[query] = hits.shape[0] / r
       # P(i) at a relevant rank i (1-based) is (number of hits so far) / i.
       map_r[query] = np.sum(np.arange(1, hits.shape[0] + 1) / (hits + 1)) / r
-    del keys  # free this block before the next one is allocated
+    del keys  # the duplicates' expanded block, before the next one
+    if progress is not None:
+      progress(stop, n)
 
   evaluated = r_of > 0
   num_queries = int(np.sum(evaluated))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import math
 import sys
+import warnings
 from typing import Sequence, Union
 
 import matplotlib
@@ -28,6 +29,7 @@ from matplotlib.lines import Line2D
 from matplotlib.path import Path
 from matplotlib.textpath import TextPath
 from matplotlib.transforms import Affine2D
+from sklearn.decomposition import PCA
 
 # NumPy arrays, tf.Tensors and tf.Variables (anything `np.asarray` takes).
 ArrayLike = Union[np.ndarray, tf.Tensor, tf.Variable, Sequence]
@@ -259,11 +261,11 @@ def confusion_matrix_figure(confusion: ArrayLike,
 
 def pca(x: np.ndarray, num_components: int = 2
         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Principal axes of `x` by SVD of the centred data.
+  """Principal axes of `x`, by `sklearn.decomposition.PCA` (full SVD).
 
-  Each component's sign is fixed so its largest-magnitude loading is
-  positive, which makes the projection deterministic (scikit-learn's PCA
-  may differ from it by the sign of a component).
+  Each component's sign is then fixed so its largest-magnitude loading is
+  positive, which makes the projection deterministic (it is sklearn's
+  projection up to the sign of each component).
 
   Args:
     x: `[N, D]` data, N >= 2.
@@ -271,7 +273,8 @@ def pca(x: np.ndarray, num_components: int = 2
 
   Returns:
     `(mean [D], components [k, D], explained_variance_ratio [k])`; project
-    with `(x - mean) @ components.T`.
+    with `(x - mean) @ components.T`. The ratios are 0 when every row of
+    `x` is the same.
   """
   x = np.asarray(x, dtype=np.float64)
   if x.ndim != 2 or x.shape[0] < 2:
@@ -279,17 +282,16 @@ def pca(x: np.ndarray, num_components: int = 2
   if not 1 <= num_components <= min(x.shape):
     raise ValueError(f"`num_components` ({num_components}) must be in "
                      f"[1, {min(x.shape)}].")
-  mean = x.mean(axis=0)
-  _, singular, vt = np.linalg.svd(x - mean, full_matrices=False)
-  components = vt[:num_components]
+  with warnings.catch_warnings():
+    # Constant data: sklearn divides by a total variance of 0 (ratio NaN).
+    warnings.simplefilter("ignore", category=RuntimeWarning)
+    fitted = PCA(n_components=num_components, svd_solver="full").fit(x)
+  components = fitted.components_
   biggest = np.argmax(np.abs(components), axis=1)
   signs = np.sign(components[np.arange(num_components), biggest])
   components = components * np.where(signs == 0, 1.0, signs)[:, None]
-  variance = singular ** 2
-  total = variance.sum()
-  ratio = (variance[:num_components] / total if total > 0
-           else np.zeros(num_components))
-  return mean, components, ratio
+  ratio = np.nan_to_num(fitted.explained_variance_ratio_, nan=0.0)
+  return fitted.mean_, components, ratio
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -321,11 +323,11 @@ def embedding_figure(embeddings: ArrayLike, labels: ArrayLike,
   * D == 3: a 3-D scatter; with `metric="cosine"` the points and
     prototypes are first normalised onto the unit sphere (a faint wire
     sphere is drawn), as in the ArcFace-on-MNIST pictures.
-  * D > 3: a PCA projection to 2-D (NumPy SVD of the centred plotted
-    points; axis labels give each component's share of the variance), with
-    the prototypes projected by the same PCA. With `metric="cosine"` the
-    points and prototypes are normalised to unit length before the PCA,
-    since cosine heads only see directions.
+  * D > 3: a PCA projection to 2-D (scikit-learn's PCA of the plotted
+    points, signs fixed as in `pca`; axis labels give each component's
+    share of the variance), with the prototypes projected by the same
+    PCA. With `metric="cosine"` the points and prototypes are normalised
+    to unit length before the PCA, since cosine heads only see directions.
 
   For `metric="cosine"` in 2-D the prototypes are directions of arbitrary
   length, so they are drawn at unit direction times the 90th percentile of
