@@ -214,7 +214,7 @@ def test_two_replica_training_matches_one_device(case):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
 
 
-@pytest.mark.parametrize("case", ["center_loss", "cfal_3c", "cosface_focal"])
+@pytest.mark.parametrize("case", ["center_loss", "cfal_3c"])
 def test_xla_gradients_under_strategy_match(case):
   """The per-replica gradient computation jit-compiled under a strategy."""
   plain = _train(mirrored_strategy(2), case, steps=2)
