@@ -1,4 +1,5 @@
-"""What every benchmark shares: interleaved timing, child processes, results.
+"""What every benchmark shares: interleaved timing, child processes, results,
+and cfal's side of a comparison, built exactly as train.py builds it.
 
 Benchmarks report ratios of configurations measured in the same run,
 round-robin, with medians over repeats: the machines are shared, so an
@@ -11,6 +12,7 @@ or missed, by how much); `bench/report.py` gathers them into BENCHMARKS.md.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -21,7 +23,15 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
+
+if TYPE_CHECKING:
+  import tensorflow as tf
+  from cfal.data.datasets import DataBundle
+  from cfal.training.build import Built
+  from cfal.training.config import TrainConfig
+  from cfal.training.evaluator import Evaluator
+  from cfal.training.steps import Steps
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -85,6 +95,82 @@ def run_child(argv: Sequence[str], *, timeout: float = 1800,
          else f"exit {out.returncode}")
   tail = " | ".join(out.stderr.strip().splitlines()[-2:])[:300]
   return {"status": f"crashed ({how})", "stderr": tail}
+
+
+# ---------------------------------------------------------------------------
+# cfal's side: what train.py runs. These import TensorFlow when called; a
+# program calls `cfal.cli.prepare_environment()` before it loads TensorFlow.
+
+
+@dataclasses.dataclass
+class Trainer:
+  """What `cfal.training.runner` wires for a config: the built run, its
+  compiled train loop and its training iterator.
+
+  Attributes:
+    built: `cfal.training.build.build(config)`: strategy, data, backbone,
+      head, optimizer (slots created), counters.
+    steps: `Steps` in the step mode `build.resolve_step_mode` picks from
+      `config.run.step_mode` (an explicit eager/function/xla stays).
+    iterator: the training stream from step 0 (`train_iterator`).
+  """
+
+  built: "Built"
+  steps: "Steps"
+  iterator: Iterator
+
+  def run_steps(self, count: int, iterator: Iterator | None = None
+                ) -> dict:
+    """One compiled call of `count` steps (on `iterator`, else the
+    trainer's own); the loop's results as Python numbers."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    results = self.steps.train_loop(iterator or self.iterator,
+                                    tf.constant(count))
+    return {k: v.numpy().item() for k, v in results.items()}
+
+
+def build_trainer(config: "TrainConfig", *,
+                  strategy: "tf.distribute.Strategy | None" = None,
+                  data: "DataBundle | None" = None) -> Trainer:
+  """cfal's side of a benchmark: `config` built as train.py builds it.
+
+  `cfal.training.build.build` (with `strategy` and `data` when given, so a
+  program loads its data once), then `Steps` and the training iterator
+  exactly as `cfal.training.runner` makes them. A mixed-precision config
+  needs its `cfal.training.config.dtype_policy` active around this call,
+  as train.py has it around the whole run.
+  """
+  # pylint: disable=import-outside-toplevel
+  from cfal.training import build as build_lib
+  from cfal.training.steps import Steps
+  built = build_lib.build(config, strategy=strategy, data=data)
+  run = config.run
+  mode = build_lib.resolve_step_mode(run.step_mode, built.strategy,
+                                     deterministic=run.deterministic)
+  steps = Steps(strategy=built.strategy, backbone=built.backbone,
+                head=built.head, optimizer=built.optimizer,
+                global_batch_size=run.batch_size, mode=mode)
+  return Trainer(built=built, steps=steps, iterator=train_iterator(built))
+
+
+def train_iterator(built: "Built", start_step: int = 0) -> Iterator:
+  """A fresh training iterator, the one `cfal.training.runner` makes
+  (`build.train_dataset_fn` through `distribute_datasets_from_function`)."""
+  # pylint: disable-next=import-outside-toplevel
+  from cfal.training import build as build_lib
+  return iter(built.strategy.distribute_datasets_from_function(
+      build_lib.train_dataset_fn(built, start_step)))
+
+
+def evaluator(built: "Built", mode: str = "function") -> "Evaluator":
+  """The evaluator train.py validates with, for `built`'s model; keeps no
+  embeddings (`EvalResult.confusion` and `.report` only)."""
+  # pylint: disable=import-outside-toplevel
+  from cfal.training.evaluator import Evaluator, model_forward
+  return Evaluator(strategy=built.strategy,
+                   forward=model_forward(built.backbone, built.head),
+                   class_names=built.data.class_names, keep=0,
+                   mode="eager" if mode == "eager" else "function")
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]],

@@ -36,17 +36,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # pylint: disable=wrong-import-position
-import cfal  # noqa: E402,F401  (before TensorFlow: its oneDNN setting)
+from cfal import cli  # noqa: E402  (before TensorFlow: its oneDNN setting)
+cli.prepare_environment()
 import tensorflow as tf  # noqa: E402
 
-from bench.common import (interleaved, markdown_table, median,  # noqa: E402
-                          finish, run_child)
-from bench.input_pipeline import distributed_iterator  # noqa: E402
-from bench.time_to_accuracy import build_steps  # noqa: E402
-from cfal.data import datasets  # noqa: E402
+from bench.common import (build_trainer, interleaved,  # noqa: E402
+                          markdown_table, median, finish, run_child)
 from cfal.training.config import (OptimizerConfig, RunConfig,  # noqa: E402
                                   TrainConfig)
-from cfal.training.strategy import make_strategy  # noqa: E402
 
 # One device first and last: a drifting machine shows as two different
 # one-device times instead of silently skewing the ratios.
@@ -60,16 +57,16 @@ def child(replicas: int, *, check_steps: int, steps: int,
   """Runs in a fresh process: builds, checks and times one configuration.
 
   The parent imports TensorFlow but never touches a device; here the
-  logical devices are made first, before anything else runs.
+  logical devices are made first (`build` makes the strategy before
+  anything else), as train.py --cpu_replicas=N does.
   """
-  strategy = make_strategy(cpu_replicas=replicas if replicas > 1 else 0)
   config = TrainConfig(
       optimizer=OptimizerConfig(name="sgd", learning_rate=LEARNING_RATE,
                                 schedule="constant"),
       run=RunConfig(cpu_replicas=replicas if replicas > 1 else 0))
-  data = datasets.load_data(config.data)
-  train = build_steps(config, data, strategy, total_steps=10_000)
-  iterator = distributed_iterator(strategy, data, config.run.batch_size)
+  trainer = build_trainer(config)
+  strategy, train, iterator = (trainer.built.strategy, trainer.steps,
+                               trainer.iterator)
 
   began = time.perf_counter()
   train.train_loop(iterator, tf.constant(0))   # trace only

@@ -1,9 +1,11 @@
 """Step time and peak memory of every head relative to softmax; CFAL vs direct.
 
 Heads. For each configuration (C classes, embedding size D; batch N = 256)
-one child process builds every head of `cfal.heads.HEADS` (the
-hyper-parameters of tests/head_cases.py; Affinity and CFAL with one center
-per class, CFAL with long-tailed class counts) and a `tf.function` step per
+one child process builds every head of `cfal.heads.HEADS` the way train.py
+does (`cfal.training.build.build_head`: the hyper-parameters of
+tests/head_cases.py, long-tailed class counts, each head's default class
+weighting, so Focal and CFAL weight by effective number; Affinity and CFAL
+with one center per class) and a `tf.function` step per
 head: forward and backward of `mean(head.loss(x, y))` with respect to the
 embeddings and the head's trainable variables, then `head.update(x, y)`
 (center loss's alpha rule; a no-op elsewhere). In that child:
@@ -22,7 +24,7 @@ Every figure is a ratio to the softmax head of the same child process.
 Affinity against the direct form (N = 256, m = 3 centers, D = 512): one
 child under an address-space limit (`--limit_gib`, default 16 GiB)
 measures, the same way, the step memory of CFAL (gamma = 0, no class
-weights: the loss of tests/direct_affinity.py) at every C, then of the
+weights: the loss of `direct_affinity_loss` below) at every C, then of the
 direct form, which materialises `[N, C, m, D]` and `[M, M, D]` (M = C m),
 at growing C until it runs out of memory: under the limit a clean error,
 not the kernel's OOM killer.
@@ -55,6 +57,7 @@ from typing import Callable, Sequence
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from bench import common  # noqa: E402
+from cfal import cli  # noqa: E402  (TensorFlow-free)
 
 BATCH = 256
 FULL_CONFIGS = ((10, 128), (10, 512), (1000, 128), (1000, 512),
@@ -147,9 +150,10 @@ def long_tail_counts(classes: int, n_max: int = 1000,
           for c in range(classes)]
 
 
-def head_kwargs(name: str, classes: int, dim: int) -> dict:
-  """Constructor arguments of one registry head (tests/head_cases.py's)."""
-  kwargs = {
+def head_options(name: str, dim: int) -> dict:
+  """Options of one registry head (tests/head_cases.py's), as
+  `--head_args` would give them."""
+  return {
       "focal": {"gamma": 2.0},
       "arcface": {"scale": 16.0, "margin": 0.5},
       "cosface": {"scale": 16.0, "margin": 0.35},
@@ -157,10 +161,20 @@ def head_kwargs(name: str, classes: int, dim: int) -> dict:
       "combined_margin": {"m1": 1.0, "m2": 0.3, "m3": 0.2, "scale": 16.0},
       "center_loss": {"alpha": 0.5, "center_weight": 0.1},
       "affinity": {"sigma": float(dim), "margin": 0.75},
-      "cfal": {"sigma": float(dim), "gamma": 2.0, "beta": 0.999,
-               "class_counts": long_tail_counts(classes)},
+      "cfal": {"sigma": float(dim), "gamma": 2.0, "beta": 0.999},
   }.get(name, {})
-  return {"num_classes": classes, "embedding_dim": dim, "seed": 0, **kwargs}
+
+
+def build_head(name: str, classes: int, dim: int, options: dict,
+               class_counts: Sequence[int]):
+  """The head train.py builds for `--head=name` with these options and
+  class counts (`cfal.training.build.build_head`, seed 0)."""
+  # pylint: disable=import-outside-toplevel
+  from cfal.training import build as build_lib
+  from cfal.training.config import ModelConfig, TrainConfig
+  config = TrainConfig(model=ModelConfig(head=name, embedding_dim=dim,
+                                         head_args=options))
+  return build_lib.build_head(config, class_counts, classes)
 
 
 def skip_reason(name: str, classes: int, dim: int) -> str | None:
@@ -179,6 +193,33 @@ def make_inputs(classes: int, dim: int):
   y = tf.random.stateless_uniform([BATCH], seed=[3, 4], maxval=classes,
                                   dtype=tf.int32)
   return x, y
+
+
+def direct_affinity_loss(embeddings, labels, prototypes, sigma, margin,
+                         spread_weight=1.0):
+  """Per-example L_mm + spread_weight * R_w, the direct (authors') way.
+
+  Materialises the `[N, C, m, D]` difference tensor for the distances and
+  the `[M, M, D]` one for the spread regulariser, exactly as the formula
+  reads (the form tests/direct_affinity.py checks `Affinity` against).
+  """
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  w = prototypes if prototypes.shape.rank == 3 else prototypes[:, None, :]
+  diff = embeddings[:, None, None, :] - w[None]            # [N, C, m, D]
+  d = tf.reduce_max(tf.exp(-tf.reduce_sum(tf.square(diff), -1) / sigma),
+                    axis=-1)
+  onehot = tf.one_hot(labels, d.shape[-1], dtype=d.dtype)
+  d_y = tf.reduce_sum(d * onehot, -1, keepdims=True)
+  l_mm = tf.reduce_sum(tf.nn.relu(margin + d - d_y) * (1 - onehot), -1)
+  flat = tf.reshape(prototypes, [-1, prototypes.shape[-1]])
+  m = flat.shape[0]
+  sq = tf.reduce_sum(tf.square(flat[:, None, :] - flat[None, :, :]), -1)
+  upper = (tf.linalg.band_part(tf.ones_like(sq), 0, -1)
+           - tf.eye(m, dtype=sq.dtype))
+  pairs = m * (m - 1) / 2
+  mean = tf.reduce_sum(sq * upper) / pairs
+  spread = tf.reduce_sum(tf.square(sq - mean) * upper) / pairs
+  return l_mm + spread_weight * spread
 
 
 def compiled_step(head, loss_fn=None):
@@ -249,17 +290,19 @@ def timing_repeats(round_seconds: float, classes: int, quick: bool) -> int:
 
 def child_heads(classes: int, dim: int, quick: bool) -> dict:
   """Memory head by head, then interleaved timing; one (C, D)."""
-  import cfal.heads  # pylint: disable=import-outside-toplevel
+  from cfal.heads import registry  # pylint: disable=import-outside-toplevel
   check_peak_reset()
   x, y = make_inputs(classes, dim)
+  counts = long_tail_counts(classes)
   rows: dict[str, dict] = {}
   samples: dict[str, Callable[[], None]] = {}
-  for name, cls in cfal.heads.HEADS.items():
+  for name in registry.HEADS:
     reason = skip_reason(name, classes, dim)
     if reason:
       rows[name] = {"status": "skipped", "reason": reason}
       continue
-    step = compiled_step(cls(**head_kwargs(name, classes, dim)))
+    step = compiled_step(build_head(name, classes, dim,
+                                    head_options(name, dim), counts))
     row = rows[name] = measure_head(step, x, y)
     # The last memory call was warm: it sets how many calls make a sample.
     row["calls_per_sample"] = max(1, min(100, round(SAMPLE_SECONDS
@@ -284,18 +327,14 @@ def child_affinity(classes_list: Sequence[int], limit_gib: float) -> None:
   limit = int(limit_gib * (1 << 30))
   resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  import cfal.heads  # pylint: disable=import-outside-toplevel
-  sys.path.insert(0, str(common.ROOT / "tests"))
-  # pylint: disable-next=import-outside-toplevel
-  from direct_affinity import direct_affinity_loss
   check_peak_reset()
   oom = (tf.errors.ResourceExhaustedError, MemoryError)
 
   def measure(impl: str, classes: int) -> dict:
-    # gamma = 0 and no class counts: exactly the direct form's loss.
-    head = cfal.heads.CFAL(num_classes=classes, embedding_dim=AFFINITY_DIM,
-                           num_centers=AFFINITY_CENTERS,
-                           sigma=float(AFFINITY_DIM), gamma=0.0, seed=0)
+    # gamma = 0 and no class weights: exactly the direct form's loss.
+    head = build_head("cfal", classes, AFFINITY_DIM, {
+        "num_centers": AFFINITY_CENTERS, "sigma": float(AFFINITY_DIM),
+        "gamma": 0.0, "class_weighting": "none"}, long_tail_counts(classes))
 
     def direct(x, y):
       return direct_affinity_loss(x, y, head.prototypes, head.sigma,
@@ -321,21 +360,21 @@ def child_affinity(classes_list: Sequence[int], limit_gib: float) -> None:
 def child_train_step(quick: bool) -> dict:
   """The default recipe's whole train step with each of `TRAIN_STEP_HEADS`.
 
-  Built as train.py builds it (bench.time_to_accuracy.build_steps: seed CNN,
-  embedding 64, batch 128, Adam), fed one real Fashion-MNIST batch from
-  memory so input costs nothing; calls of `TRAIN_STEP_CALL` steps, the heads
-  round-robin, median over the rounds.
+  Built as train.py builds it (`bench.common.build_trainer`, i.e.
+  `cfal.training.build`: seed CNN, embedding 64, batch 128, Adam with
+  cosine decay), fed one real Fashion-MNIST batch from memory so input
+  costs nothing; calls of `TRAIN_STEP_CALL` steps, the heads round-robin,
+  median over the rounds.
   """
   import dataclasses  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   # pylint: disable=import-outside-toplevel
-  from bench.time_to_accuracy import build_steps
-  from cfal.data import datasets, pipeline
+  from cfal.data import pipeline
+  from cfal.training import build as build_lib
   from cfal.training.config import ModelConfig, TrainConfig
-  from cfal.training.strategy import make_strategy
-  strategy = make_strategy()
   base = TrainConfig()
-  data = datasets.load_data(base.data)
+  strategy = build_lib.build_strategy(base)
+  data = build_lib.load_data(base)
   batch = next(iter(pipeline.train_dataset(
       data.source, data.train_indices,
       global_batch_size=base.run.batch_size, seed=1)))
@@ -345,7 +384,8 @@ def child_train_step(quick: bool) -> dict:
   calls, rows = {}, {}
   for name in TRAIN_STEP_HEADS:
     config = dataclasses.replace(base, model=ModelConfig(head=name))
-    train = build_steps(config, data, strategy, total_steps=10_000)
+    train = common.build_trainer(config, strategy=strategy,
+                                 data=data).steps
     began = time.perf_counter()
     train.train_loop(batches, steps)            # tracing and warm-up
     rows[name] = {"trace_s": time.perf_counter() - began}
@@ -696,6 +736,7 @@ def command_line(script: str) -> str:
 
 
 def main() -> None:
+  cli.prepare_environment()   # before any child loads TensorFlow
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true",
                       help="C = 10 and 1,000 at D = 128; direct up to 1,000")

@@ -8,9 +8,9 @@ medians (`bench.common.interleaved`), three things on the same model:
 - "no input": N compiled train steps fed from one pre-materialised batch
   (`Dataset.from_tensors(batch).repeat()`: nothing to load or decode);
 - "real": N compiled train steps fed by the real training iterator
-  (`pipeline.train_dataset` through `distribute_datasets_from_function`,
-  as `cfal.training.loop` builds it), one iterator for the whole run, as
-  a training run keeps one;
+  (`cfal.training.build.train_dataset_fn` through
+  `distribute_datasets_from_function`, as `cfal.training.runner` makes
+  it), one iterator for the whole run, as a training run keeps one;
 - "iterator only": pulling M batches from another such iterator inside a
   compiled loop, with no training (timed after the other two).
 
@@ -57,18 +57,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # pylint: disable=wrong-import-position
-import cfal  # noqa: E402,F401  (before TensorFlow: its oneDNN setting)
+from cfal import cli  # noqa: E402  (before TensorFlow: its oneDNN setting)
+cli.prepare_environment()
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench.common import (finish, interleaved, markdown_table,  # noqa: E402
-                          median)
-from bench.time_to_accuracy import build_steps  # noqa: E402
+from bench.common import (Trainer, build_trainer, finish,  # noqa: E402
+                          interleaved, markdown_table, median,
+                          train_iterator)
 from cfal.data import datasets, load_fashion_mnist, pipeline  # noqa: E402
 from cfal.training.config import (ModelConfig, RunConfig,  # noqa: E402
                                   TrainConfig)
-from cfal.training.strategy import make_strategy  # noqa: E402
 
 TARGET_WAIT = 0.05
 
@@ -88,7 +88,8 @@ class Case:
     return TrainConfig(
         data=datasets.DataConfig(name=self.dataset,
                                  image_size=self.image_size),
-        model=ModelConfig(backbone=self.backbone),
+        model=ModelConfig(backbone=self.backbone,
+                          backbone_args=self.backbone_args),
         run=RunConfig(batch_size=self.batch_size))
 
   def model_text(self) -> str:
@@ -111,16 +112,6 @@ def write_png_folder(root: pathlib.Path, *, per_class: int,
   return root
 
 
-def distributed_iterator(strategy: tf.distribute.Strategy,
-                         data: datasets.DataBundle,
-                         batch_size: int) -> Iterator:
-  """The training iterator `cfal.training.loop.train` builds."""
-  return iter(strategy.distribute_datasets_from_function(
-      lambda ctx: pipeline.train_dataset(
-          data.source, data.train_indices, global_batch_size=batch_size,
-          seed=0, input_context=ctx)))
-
-
 def cached_iterator(strategy: tf.distribute.Strategy,
                     batch: tuple[tf.Tensor, tf.Tensor]) -> Iterator:
   """An endless iterator over one batch that is already in memory."""
@@ -139,14 +130,14 @@ def drain(iterator: Iterator, num_batches: tf.Tensor) -> tf.Tensor:
                        (tf.constant(0), tf.constant(0.0)))[1]
 
 
-def startup_seconds(train, strategy: tf.distribute.Strategy,
-                    data: datasets.DataBundle, batch_size: int,
-                    steps: tf.Tensor, samples: int = 2) -> list[float]:
+def startup_seconds(trainer: Trainer, steps: tf.Tensor,
+                    samples: int = 2) -> list[float]:
   """A fresh iterator's first call minus the call after it, `samples`
   times: what a run pays once for starting (or resuming) its input."""
+  train = trainer.steps
   out = []
   for _ in range(samples):
-    iterator = distributed_iterator(strategy, data, batch_size)
+    iterator = train_iterator(trainer.built)
     calls = []
     for _ in range(2):
       began = time.perf_counter()
@@ -158,24 +149,22 @@ def startup_seconds(train, strategy: tf.distribute.Strategy,
 
 def measure(case: Case, *, steps: int, pulls: int, repeats: int) -> dict:
   """Times iterator only, no input and real for one case."""
-  config = case.config()
-  strategy = make_strategy()
-  data = datasets.load_data(config.data)
-  train = build_steps(config, data, strategy, total_steps=10_000,
-                      **case.backbone_args)
+  trainer = build_trainer(case.config())
+  built, train = trainer.built, trainer.steps
+  strategy, data = built.strategy, built.data
   batch = next(iter(pipeline.train_dataset(
       data.source, data.train_indices, global_batch_size=case.batch_size,
       seed=1)))
   cached = cached_iterator(strategy, batch)
-  real = distributed_iterator(strategy, data, case.batch_size)
-  pulled = distributed_iterator(strategy, data, case.batch_size)
+  real = trainer.iterator
+  pulled = train_iterator(built)
 
   began = time.perf_counter()
   train.train_loop(real, tf.constant(0))   # trace only
   trace = time.perf_counter() - began
   drain(pulled, tf.constant(0))
   n, m = tf.constant(steps), tf.constant(pulls)
-  startup = startup_seconds(train, strategy, data, case.batch_size, n)
+  startup = startup_seconds(trainer, n)
   times = interleaved({
       "no input": lambda: float(train.train_loop(cached, n)["loss"]),
       "real": lambda: float(train.train_loop(real, n)["loss"])},

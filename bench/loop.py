@@ -1,13 +1,16 @@
 """Train-step throughput: cfal's compiled loop against Keras `fit`, and FLOP/s.
 
-Measures examples/second of one backbone + the default CFAL head (Adam 1e-3,
-batch 128, real Fashion-MNIST batches from cfal's own input pipeline) for:
+Measures examples/second of one backbone + the default CFAL head (train.py's
+default optimizer, Adam 1e-3 with cosine decay, batch 128, real Fashion-MNIST
+batches from cfal's own input pipeline) for:
 
 - cfal's `Steps` (cfal/training/steps.py) in step modes eager, function and
-  xla, with 1, 10 and 50 steps per compiled call (`--steps_per_loop`);
+  xla, with 1, 10 and 50 steps per compiled call (`--steps_per_loop`),
+  built by `cfal.training.build` exactly as train.py builds it;
 - Keras `model.fit` with the head as a Keras layer fed [embedding, label]
   that returns the per-example loss, trained through an identity loss (the
-  seed notebooks' way): default `compile` at batch 128, and every
+  seed notebooks' way; the same backbone, head and optimizer from
+  `cfal.training.build`'s functions): default `compile` at batch 128, and every
   `jit_compile` x `steps_per_execution` in {False, True} x {1, 10, 50}
   (the best is "best-tuned Keras");
 - the seeds' own setup: that model with default `compile`, fed NumPy arrays
@@ -53,23 +56,25 @@ from typing import Callable, Sequence
 
 STARTED = time.perf_counter()   # the budget counts imports and tracing too
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+# pylint: disable=wrong-import-position
+from cfal import cli  # noqa: E402  (before TensorFlow: its oneDNN setting)
+cli.prepare_environment()
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-import cfal.backbones  # noqa: E402
 import cfal.heads  # noqa: E402
 from bench import common  # noqa: E402
 from cfal.data import datasets, pipeline  # noqa: E402
-from cfal.training import loop  # noqa: E402
-from cfal.training.config import ModelConfig, TrainConfig  # noqa: E402
+from cfal.training import build as build_lib  # noqa: E402
+from cfal.training.config import (ModelConfig, RunConfig,  # noqa: E402
+                                  TrainConfig)
 from cfal.training.steps import Steps  # noqa: E402
 
-BATCH = 128
+BATCH = 128                 # train.py's default
 SEEDS_BATCH = 32            # `fit`'s default batch size, what the seeds used
-LEARNING_RATE = 1e-3
 # The ResNet builder's smallest layout for 28x28 input: the CIFAR stem
 # (3x3 stride 1, no pooling), one stage of one basic block, 16 channels.
 # The default ResNet-18 costs ~350 GFLOP per 28x28 train step of 128,
@@ -142,35 +147,33 @@ class Config:
 
 
 # ---------------------------------------------------------------------------
-# Models, built the way cfal/training/loop.py builds them.
+# Models, built by cfal.training.build as train.py builds them.
 
 
-def train_config(backbone: str) -> TrainConfig:
-  return TrainConfig(model=ModelConfig(backbone=backbone))
-
-
-def build_backbone(name: str, data: datasets.DataBundle) -> keras.Model:
-  config = train_config(name)
-  options = dict(loop.backbone_options(config))
-  if name == "resnet":
-    options.update(RESNET_OPTIONS)
-  return cfal.backbones.build_backbone(
-      name, input_shape=data.image_shape,
-      embedding_dim=config.model.embedding_dim, seed=config.run.seed,
-      **options)
+def train_config(backbone: str, batch: int = BATCH,
+                 mode: str = "auto") -> TrainConfig:
+  """train.py's defaults with this backbone, batch and step mode."""
+  return TrainConfig(
+      model=ModelConfig(backbone=backbone, backbone_args=(
+          RESNET_OPTIONS if backbone == "resnet" else {})),
+      run=RunConfig(batch_size=batch, step_mode=mode))
 
 
 def build_head(name: str, data: datasets.DataBundle) -> cfal.heads.Head:
-  return loop.build_head(train_config(name), data.class_counts,
-                         data.num_classes)
+  return build_lib.build_head(train_config(name), data.class_counts,
+                              data.num_classes)
 
 
-def train_dataset(data: datasets.DataBundle, batch: int,
-                  context: tf.distribute.InputContext | None = None
-                  ) -> tf.data.Dataset:
+def build_backbone(name: str, data: datasets.DataBundle,
+                   head: cfal.heads.Head) -> keras.Model:
+  return build_lib.build_backbone(train_config(name), data.image_shape, head)
+
+
+def train_dataset(data: datasets.DataBundle, batch: int) -> tf.data.Dataset:
+  """The training stream train.py's iterator reads, on one device."""
   return pipeline.train_dataset(data.source, data.train_indices,
-                                global_batch_size=batch, seed=0,
-                                input_context=context)
+                                global_batch_size=batch,
+                                seed=TrainConfig().run.seed)
 
 
 # ---------------------------------------------------------------------------
@@ -189,21 +192,13 @@ class CfalTrainer:
 
 def cfal_trainer(name: str, data: datasets.DataBundle, mode: str,
                  batch: int = BATCH) -> CfalTrainer:
-  """Strategy, backbone, head, optimizer and data as cfal's loop wires them."""
-  strategy = tf.distribute.get_strategy()
-  with strategy.scope():
-    backbone = build_backbone(name, data)
-    head = build_head(name, data)
-    optimizer = keras.optimizers.Adam(LEARNING_RATE)
-    optimizer.build(list(backbone.trainable_variables)
-                    + list(head.trainable_variables))
-  steps = Steps(strategy=strategy, backbone=backbone, head=head,
-                optimizer=optimizer, global_batch_size=batch, mode=mode)
-  iterator = iter(strategy.distribute_datasets_from_function(
-      lambda context: train_dataset(data, batch, context)))
+  """Strategy, backbone, head, optimizer, steps and data as train.py
+  --step_mode=<mode> --batch_size=<batch> wires them."""
+  trainer = common.build_trainer(train_config(name, batch, mode), data=data)
+  head = trainer.built.head
   initial = head.prototypes.numpy()
   return CfalTrainer(
-      steps=steps, iterator=iterator, batch=batch,
+      steps=trainer.steps, iterator=trainer.iterator, batch=batch,
       trained=lambda: not np.allclose(head.prototypes.numpy(), initial))
 
 
@@ -278,16 +273,22 @@ def identity_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
 
 
 def keras_model(name: str, data: datasets.DataBundle, *, jit_compile,
-                steps_per_execution: int) -> tuple[keras.Model, HeadLayer]:
-  """Backbone + HeadLayer as a functional model, compiled with Adam."""
+                steps_per_execution: int, batch: int = BATCH
+                ) -> tuple[keras.Model, HeadLayer]:
+  """Backbone + HeadLayer as a functional model, compiled with the
+  optimizer train.py would make at this batch size."""
+  config = train_config(name, batch)
+  head = build_head(name, data)
   images = keras.Input(data.image_shape, name="images")
   labels = keras.Input((), dtype="int32", name="labels")
-  layer = HeadLayer(build_head(name, data), name="cfal_head")
-  model = keras.Model([images, labels],
-                      layer([build_backbone(name, data)(images), labels]))
+  layer = HeadLayer(head, name="cfal_head")
+  model = keras.Model([images, labels], layer(
+      [build_backbone(name, data, head)(images), labels]))
   options = {} if jit_compile is None else {
       "jit_compile": jit_compile, "steps_per_execution": steps_per_execution}
-  model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE),
+  total_steps = math.ceil(config.run.epochs * pipeline.steps_per_epoch(
+      len(data.train_indices), batch))
+  model.compile(optimizer=build_lib.build_optimizer(config, total_steps),
                 loss=identity_loss, **options)
   return model, layer
 
@@ -357,7 +358,7 @@ def seeds_config(name: str, data: datasets.DataBundle, plan: Plan) -> Config:
   Each sample fits one epoch over fresh examples.
   """
   model, layer = keras_model(name, data, jit_compile=None,
-                             steps_per_execution=1)
+                             steps_per_execution=1, batch=SEEDS_BATCH)
   per_sample = plan.seeds_steps * SEEDS_BATCH
   needed = per_sample * (plan.repeats + 1) + SEEDS_BATCH
   order = np.random.default_rng(0).permutation(data.train_indices)[:needed]
@@ -482,7 +483,8 @@ def measure(name: str, data: datasets.DataBundle, plan: Plan,
                              repeats=plan.repeats, warmup=0)
   phases[f"{name} timed"] = time.perf_counter() - began
   print(f"{name}: timed in {phases[f'{name} timed']:.0f} s", flush=True)
-  train_flops = 3.0 * forward_flops(build_backbone(name, data))
+  train_flops = 3.0 * forward_flops(build_backbone(name, data,
+                                                   build_head(name, data)))
   return [result_row(c, times[c.label], warm.get(c.label, 0.0), train_flops)
           for c in everything]
 
@@ -785,7 +787,8 @@ def make_tables(rows: Sequence[dict], summaries: dict,
       {"title": "Train-step throughput: cfal loop vs Keras fit",
        "markdown": throughput_table(rows, summaries),
        "note": (f"Examples/s, median of {plan.repeats} interleaved samples; "
-                f"Fashion-MNIST, CFAL head, Adam {LEARNING_RATE:g}. "
+                f"Fashion-MNIST, CFAL head, train.py's optimizer (Adam 1e-3, "
+                f"cosine decay) on both sides. "
                 f"resnet = {RESNET_OPTIONS}. Keras rows time each `fit` "
                 "call from its first batch to its epoch's end (the set-up "
                 "before the first batch, which a long run pays once per "

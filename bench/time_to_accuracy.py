@@ -9,8 +9,9 @@ way (a run stops after the quarter that passes its limit):
 
 - cfal's default recipe, what `python train.py` does with its defaults:
   seed_cnn (embedding 64) + CFAL head, batch 128, Adam 1e-3 with cosine
-  decay over 2 epochs, 50 steps per compiled call, driven through
-  `cfal.training.steps.Steps` as `cfal.training.loop` drives it;
+  decay over 2 epochs, 50 steps per compiled call, built by
+  `cfal.training.build` and driven through `cfal.training.steps.Steps` as
+  `cfal.training.runner` drives it, checked by its `Evaluator`;
 - the seed notebook's setup: the same conv stack in plain Keras layers,
   then Dense(10, softmax), sparse categorical cross-entropy, batch 32, Adam
   with its default learning rate, default `compile`, trained with `fit`;
@@ -59,24 +60,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 # pylint: disable=wrong-import-position
-import cfal  # noqa: E402,F401  (before TensorFlow: its oneDNN setting)
+from cfal import cli  # noqa: E402  (before TensorFlow: its oneDNN setting)
+cli.prepare_environment()
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import cfal.backbones  # noqa: E402
-from bench.common import (finish, interleaved, markdown_table,  # noqa: E402
-                          median)
+from bench.common import (build_trainer, evaluator,  # noqa: E402
+                          finish, interleaved, markdown_table, median)
 from cfal.data import datasets, load_fashion_mnist, pipeline  # noqa: E402
-from cfal.training import loop  # noqa: E402
 from cfal.training.config import (OptimizerConfig, RunConfig,  # noqa: E402
                                   TrainConfig, dtype_policy)
-from cfal.training.steps import Steps  # noqa: E402
-from cfal.training.strategy import (make_strategy,  # noqa: E402
-                                    slow_bfloat16_note)
+from cfal.training.strategy import slow_bfloat16_note  # noqa: E402
 
 EVAL_BATCH = 500
-RECIPE_EPOCHS = 2.0
 TARGET_RATIO = 1.5     # cfal's default must reach the target this much sooner
 SCREEN_SIZE = 1000
 SCREEN_MARGIN = 0.025
@@ -152,30 +149,6 @@ class Side(Protocol):
     """Accuracy on these test images."""
 
 
-def build_steps(config: TrainConfig, data: datasets.DataBundle,
-                strategy: tf.distribute.Strategy, *, total_steps: int,
-                **backbone_args) -> Steps:
-  """Backbone, head, optimizer and `Steps` for `config`, built as
-  `cfal.training.loop.train` builds them (the other benchmarks use this too).
-
-  `backbone_args` go to the backbone builder on top of the options the
-  head implies (e.g. a small ResNet's `depth_per_stage`).
-  """
-  with strategy.scope():
-    keras.utils.set_random_seed(config.run.seed)
-    backbone = cfal.backbones.build_backbone(
-        config.model.backbone, input_shape=data.image_shape,
-        embedding_dim=config.model.embedding_dim, seed=config.run.seed,
-        **loop.backbone_options(config), **backbone_args)
-    head = loop.build_head(config, data.class_counts, data.num_classes)
-    optimizer = loop.build_optimizer(config, total_steps)
-    optimizer.build(list(backbone.trainable_variables)
-                    + list(head.trainable_variables))
-  return Steps(strategy=strategy, backbone=backbone, head=head,
-               optimizer=optimizer, global_batch_size=config.run.batch_size,
-               mode=loop.resolve_step_mode(config.run.step_mode, strategy))
-
-
 class CfalSide:
   """A cfal variant trained `1 / checks_per_epoch` of an epoch at a time."""
 
@@ -184,20 +157,15 @@ class CfalSide:
     self.name = variant.name
     self.variant = variant
     self.data = data
-    self.per_epoch = pipeline.steps_per_epoch(len(data.train_indices),
-                                              variant.batch_size)
-    self.chunk = self.per_epoch // checks_per_epoch
     self.done_steps = 0
     with dtype_policy(variant.precision):
-      self.steps = build_steps(
-          variant.config(), data, make_strategy(),
-          total_steps=math.ceil(RECIPE_EPOCHS * self.per_epoch))
-      self.iterator = iter(pipeline.train_dataset(
-          data.source, data.train_indices,
-          global_batch_size=variant.batch_size, seed=0))
+      self.trainer = build_trainer(variant.config(), data=data)
+      self.per_epoch = self.trainer.built.per_epoch
+      self.chunk = self.per_epoch // checks_per_epoch
       began = time.perf_counter()
-      self.steps.train_loop(self.iterator, tf.constant(0))   # trace only
+      self.trainer.run_steps(0)   # trace only
       self.trace_seconds = time.perf_counter() - began
+    self.evaluator = evaluator(self.trainer.built, self.trainer.steps.mode)
 
   @property
   def epoch(self) -> float:
@@ -209,7 +177,7 @@ class CfalSide:
     left = count
     while left > 0:
       n = min(self.variant.steps_per_loop, left)
-      float(self.steps.train_loop(self.iterator, tf.constant(n))["loss"])
+      self.trainer.run_steps(n)
       left -= n
     self.done_steps += count
     return time.perf_counter() - began
@@ -218,14 +186,9 @@ class CfalSide:
     return self.run_steps(self.chunk)
 
   def accuracy(self, indices: np.ndarray) -> float:
-    hits = 0
-    local = self.steps.strategy.experimental_local_results
-    for batch in pipeline.eval_dataset(self.data.test_source, indices,
-                                       batch_size=EVAL_BATCH):
-      _, labels, predictions, _, _ = self.steps.eval_step(batch)
-      for p, y in zip(local(predictions), local(labels)):
-        hits += int(np.sum(p.numpy() == y.numpy()))
-    return hits / len(indices)
+    result = self.evaluator.evaluate(pipeline.eval_dataset(
+        self.data.test_source, indices, batch_size=EVAL_BATCH))
+    return float(np.trace(result.confusion) / result.confusion.sum())
 
 
 def keras_seed_model(input_shape: tuple[int, ...], num_classes: int,
