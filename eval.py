@@ -34,27 +34,36 @@ flags.DEFINE_string("output_dir", None, "Where to write (default "
 flags.DEFINE_bool("verbose", False, "Show tracebacks for errors.")
 
 
+def check_flags() -> None:
+  """Usage errors that need no TensorFlow: one line, exit 2."""
+  from cfal.errors import UsageError  # pylint: disable=import-outside-toplevel
+  if FLAGS.compare:
+    return
+  if not FLAGS.logdir:
+    raise UsageError("Pass --logdir=RUN (the run directory train.py "
+                     "wrote), or --compare=RUN1,RUN2.")
+  if FLAGS.batch_size < 1:
+    raise UsageError(f"--batch_size ({FLAGS.batch_size}) must be >= 1.")
+
+
 def main(argv) -> int:
   from cfal import cli  # pylint: disable=import-outside-toplevel
-  from cfal.errors import UsageError  # pylint: disable=import-outside-toplevel
 
   def body():
-    from cfal import evaluation  # pylint: disable=import-outside-toplevel
+    # pylint: disable=import-outside-toplevel
+    from cfal.report import documents
+    from cfal.training import evaluate
     if FLAGS.compare:
-      print(evaluation.compare_runs(FLAGS.compare, FLAGS.split))
+      print(documents.compare_runs(FLAGS.compare, FLAGS.split))
       return
-    if not FLAGS.logdir:
-      raise UsageError("Pass --logdir=RUN (the run directory train.py "
-                       "wrote), or --compare=RUN1,RUN2.")
-    if FLAGS.batch_size < 1:
-      raise UsageError(f"--batch_size ({FLAGS.batch_size}) must be >= 1.")
-    evaluation.evaluate_run(evaluation.EvalConfig(
+    evaluate.evaluate_run(evaluate.EvalConfig(
         logdir=FLAGS.logdir, split=FLAGS.split, checkpoint=FLAGS.checkpoint,
         saved_model=FLAGS.saved_model, batch_size=FLAGS.batch_size,
         gpus=FLAGS.gpus, cpu_replicas=FLAGS.cpu_replicas,
         output_dir=FLAGS.output_dir))
 
-  return cli.run("eval.py", argv, body, verbose=FLAGS.verbose)
+  return cli.run("eval.py", argv, body, verbose=FLAGS.verbose,
+                 check=check_flags)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python train.py                                   # CFAL on Fashion-MNIST, a few minutes on 2 CPU cores
     python train.py --head=arcface --gpus=4           # mirrored over 4 GPUs
-    python train.py --flagfile=flags/cfal_fashion_mnist_lt.flags
+    python train.py --flagfile=flags/fashion_mnist_lt/cfal.flags
     tensorboard --logdir runs
 
 Everything a run writes goes to --logdir (default runs/<dataset>-<head>):
@@ -21,6 +21,9 @@ import re
 import sys
 
 from absl import app, flags
+
+from cfal.backbones.registry import BACKBONES
+from cfal.heads.registry import HEADS
 
 FLAGS = flags.FLAGS
 
@@ -42,32 +45,45 @@ flags.DEFINE_float("max_bad_fraction", 0.01, "Folders: unreadable files are "
                    "skipped, but more than this fraction stops the run.")
 
 # Model.
-flags.DEFINE_string("backbone", "seed_cnn", "seed_cnn, prelu_cnn, resnet or "
-                    "cct.")
+flags.DEFINE_string("backbone", "seed_cnn", "One of: " + ", ".join(
+    f"{name} ({spec.summary})" for name, spec in BACKBONES.items()))
 flags.DEFINE_integer("embedding_dim", 64, "Embedding size.")
-flags.DEFINE_string("head", "cfal", "softmax, focal, arcface, cosface, "
-                    "sphereface, combined_margin, center_loss, affinity or "
-                    "cfal.")
-# Head hyper-parameters: passed on only when given, else the head's default.
-flags.DEFINE_float("scale", None, "Logit scale s (margin heads).")
-flags.DEFINE_float("margin", None, "ArcFace: radians; CosFace: cosine "
-                   "margin; SphereFace: multiplier; Affinity/CFAL: lambda.")
-flags.DEFINE_float("sigma", None, "Gaussian bandwidth (Affinity/CFAL).")
-flags.DEFINE_float("gamma", None, "Focusing parameter (Focal/CFAL).")
-flags.DEFINE_float("beta", None, "Effective-number beta for class weights.")
-flags.DEFINE_float("alpha", None, "Center-loss center learning rate.")
-flags.DEFINE_float("center_weight", None, "Weight of the center-loss term.")
-flags.DEFINE_integer("num_centers", None, "Centers per class (Affinity/CFAL).")
-flags.DEFINE_float("spread_weight", None, "Weight of the prototype-spread "
-                   "regulariser R_w (Affinity/CFAL).")
-flags.DEFINE_enum("center_update", None, ["alpha", "gradient"],
-                  "How center-loss centers move.")
-flags.DEFINE_float("m1", None, "CombinedMargin multiplicative margin.")
-flags.DEFINE_float("m2", None, "CombinedMargin additive angular margin.")
-flags.DEFINE_float("m3", None, "CombinedMargin additive cosine margin.")
-HEAD_FLAGS = ("scale", "margin", "sigma", "gamma", "beta", "alpha",
-              "center_weight", "num_centers", "spread_weight",
-              "center_update", "m1", "m2", "m3")
+flags.DEFINE_string("backbone_args", "", "Backbone options as "
+                    "name=value,... (lists as 1;2;3), e.g. "
+                    "--backbone=resnet --backbone_args=width=32,"
+                    "depth_per_stage=1;1;1.")
+flags.DEFINE_string("head", "cfal", "One of: " + ", ".join(
+    f"{name} ({spec.summary.rstrip('.')})" for name, spec in HEADS.items()))
+
+
+def _define_head_flags() -> tuple[str, ...]:
+  """One flag per head option declared in cfal.heads.registry.
+
+  A name means the same in every head that takes it; unset flags leave
+  the head's own default. Returns the flag names.
+  """
+  takers: dict[str, list[str]] = {}
+  options = {}
+  for name, spec in HEADS.items():
+    for option in spec.options:
+      takers.setdefault(option.name, []).append(name)
+      options.setdefault(option.name, option)
+  for key, option in options.items():
+    heads = ("every head" if len(takers[key]) == len(HEADS)
+             else ", ".join(takers[key]))
+    text = f"{option.help} ({heads})"
+    if option.type == "float":
+      flags.DEFINE_float(key, None, text)
+    elif option.type == "int":
+      flags.DEFINE_integer(key, None, text)
+    elif option.type == "bool":
+      flags.DEFINE_bool(key, None, text)
+    else:   # str (checked against its choices later) and lists ("1,2,3")
+      flags.DEFINE_string(key, None, text)
+  return tuple(options)
+
+
+HEAD_OPTION_FLAGS = _define_head_flags()
 
 # Optimisation.
 flags.DEFINE_enum("optimizer", "adam", ["adam", "adamw", "sgd"], "Optimizer.")
@@ -111,6 +127,9 @@ flags.DEFINE_bool("deterministic", False, "TensorFlow op determinism: a "
 flags.DEFINE_integer("skip_nonfinite_steps", 0, "Skip up to N steps whose "
                      "loss or gradients are not finite (never applying "
                      "them) instead of stopping at the first.")
+flags.DEFINE_bool("allow_config_change", False, "Resume a run although "
+                  "its head/backbone options or optimizer settings differ; "
+                  "the change is recorded in config.json.")
 flags.DEFINE_bool("verbose", False, "Show tracebacks for errors.")
 
 
@@ -121,8 +140,7 @@ def config_from_flags():
   from cfal.training.config import (  # pylint: disable=import-outside-toplevel
       ModelConfig, OptimizerConfig, RunConfig, TrainConfig)
 
-  head_args = {name: FLAGS[name].value for name in HEAD_FLAGS
-               if FLAGS[name].value is not None}
+  head_args, backbone_args = model_options()
   slug = re.sub(r"[^A-Za-z0-9_.-]+", "_",
                 FLAGS.dataset.replace("folder:", "").strip("/"))
   logdir = FLAGS.logdir or os.path.join("runs", f"{slug}-{FLAGS.head}")
@@ -135,7 +153,7 @@ def config_from_flags():
                       max_bad_fraction=FLAGS.max_bad_fraction),
       model=ModelConfig(backbone=FLAGS.backbone,
                         embedding_dim=FLAGS.embedding_dim, head=FLAGS.head,
-                        head_args=head_args),
+                        head_args=head_args, backbone_args=backbone_args),
       optimizer=OptimizerConfig(name=FLAGS.optimizer,
                                 learning_rate=FLAGS.learning_rate,
                                 weight_decay=FLAGS.weight_decay,
@@ -154,11 +172,39 @@ def config_from_flags():
                     mixed_precision=FLAGS.mixed_precision, seed=FLAGS.seed,
                     projector_points=FLAGS.projector_points,
                     deterministic=FLAGS.deterministic,
-                    skip_nonfinite_steps=FLAGS.skip_nonfinite_steps))
+                    skip_nonfinite_steps=FLAGS.skip_nonfinite_steps,
+                    allow_config_change=FLAGS.allow_config_change))
+
+
+def model_options() -> tuple[dict, dict]:
+  """The head and backbone options given, checked against their
+  declarations (no TensorFlow needed): a bad one is a usage error."""
+  from cfal.backbones.registry import check_backbone_options  # pylint: disable=import-outside-toplevel
+  from cfal.heads.registry import check_head_options  # pylint: disable=import-outside-toplevel
+  from cfal.options import parse_assignments  # pylint: disable=import-outside-toplevel
+  given = {name: FLAGS[name].value for name in HEAD_OPTION_FLAGS
+           if FLAGS[name].value is not None}
+  try:
+    head_args = check_head_options(FLAGS.head, given)
+  except ValueError as error:
+    raise_usage(str(error))
+  try:
+    spec = BACKBONES.get(FLAGS.backbone)
+    if spec is None:
+      check_backbone_options(FLAGS.backbone, {})
+    backbone_args = parse_assignments(FLAGS.backbone_args, spec,
+                                      kind="backbone")
+  except ValueError as error:
+    message = str(error)
+    if not message.startswith("--backbone"):
+      message = f"--backbone={FLAGS.backbone}: {message}"
+    raise_usage(message)
+  return head_args, backbone_args
 
 
 def check_flags() -> None:
   """Usage errors that need no TensorFlow: one line, exit 2."""
+  model_options()
   positive = ("batch_size", "steps_per_loop", "checkpoint_every",
               "embedding_dim", "projector_points")
   for name in positive:
@@ -195,11 +241,11 @@ def main(argv) -> int:
   from cfal import cli  # pylint: disable=import-outside-toplevel
 
   def body():
-    check_flags()
-    from cfal.training.loop import train  # pylint: disable=import-outside-toplevel
+    from cfal.training.runner import train  # pylint: disable=import-outside-toplevel
     train(config_from_flags())
 
-  return cli.run("train.py", argv, body, verbose=FLAGS.verbose)
+  return cli.run("train.py", argv, body, verbose=FLAGS.verbose,
+                 check=check_flags)
 
 
 if __name__ == "__main__":

@@ -142,35 +142,28 @@ def build_trainer(config: "TrainConfig", *,
   """
   # pylint: disable=import-outside-toplevel
   from cfal.training import build as build_lib
-  from cfal.training.steps import Steps
   built = build_lib.build(config, strategy=strategy, data=data)
   run = config.run
   mode = build_lib.resolve_step_mode(run.step_mode, built.strategy,
                                      deterministic=run.deterministic)
-  steps = Steps(strategy=built.strategy, backbone=built.backbone,
-                head=built.head, optimizer=built.optimizer,
-                global_batch_size=run.batch_size, mode=mode)
-  return Trainer(built=built, steps=steps, iterator=train_iterator(built))
+  return Trainer(built=built, steps=build_lib.train_steps(built, mode),
+                 iterator=build_lib.train_iterator(built, 0))
 
 
 def train_iterator(built: "Built", start_step: int = 0) -> Iterator:
   """A fresh training iterator, the one `cfal.training.runner` makes
-  (`build.train_dataset_fn` through `distribute_datasets_from_function`)."""
+  (`build.train_iterator`)."""
   # pylint: disable-next=import-outside-toplevel
   from cfal.training import build as build_lib
-  return iter(built.strategy.distribute_datasets_from_function(
-      build_lib.train_dataset_fn(built, start_step)))
+  return build_lib.train_iterator(built, start_step)
 
 
 def evaluator(built: "Built", mode: str = "function") -> "Evaluator":
   """The evaluator train.py validates with, for `built`'s model; keeps no
   embeddings (`EvalResult.confusion` and `.report` only)."""
-  # pylint: disable=import-outside-toplevel
-  from cfal.training.evaluator import Evaluator, model_forward
-  return Evaluator(strategy=built.strategy,
-                   forward=model_forward(built.backbone, built.head),
-                   class_names=built.data.class_names, keep=0,
-                   mode="eager" if mode == "eager" else "function")
+  # pylint: disable-next=import-outside-toplevel
+  from cfal.training import build as build_lib
+  return build_lib.model_evaluator(built, keep=0, mode=mode)
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]],

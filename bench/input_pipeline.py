@@ -8,8 +8,7 @@ medians (`bench.common.interleaved`), three things on the same model:
 - "no input": N compiled train steps fed from one pre-materialised batch
   (`Dataset.from_tensors(batch).repeat()`: nothing to load or decode);
 - "real": N compiled train steps fed by the real training iterator
-  (`cfal.training.build.train_dataset_fn` through
-  `distribute_datasets_from_function`, as `cfal.training.runner` makes
+  (`cfal.training.build.train_iterator`, as `cfal.training.runner` makes
   it), one iterator for the whole run, as a training run keeps one;
 - "iterator only": pulling M batches from another such iterator inside a
   compiled loop, with no training (timed after the other two).

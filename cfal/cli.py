@@ -1,36 +1,79 @@
-"""What train.py and eval.py share at the edge: errors become one line."""
+"""What train.py and eval.py share at the edge: the environment TensorFlow
+starts in, and errors as one line."""
 
 from __future__ import annotations
 
+import importlib
 import os
+import re
 import sys
+import tempfile
 from typing import Callable
 
 from absl import logging
 
 
+# Lines TensorFlow's native libraries print at load time whatever
+# TF_CPP_MIN_LOG_LEVEL says. Only these are dropped; any other line (a CUDA
+# or driver error, a missing library) still reaches the terminal.
+_NOISE = re.compile("|".join((
+    r"oneDNN custom operations are on",
+    r"This TensorFlow binary is optimized to use available CPU instructions",
+    r"To enable the following instructions: .* rebuild TensorFlow",
+    r"^WARNING: All log messages before absl::InitializeLog\(\) is called "
+    r"are written to STDERR$",
+)))
+
+
+def prepare_environment() -> None:
+  """What the scripts set before TensorFlow loads.
+
+  oneDNN CPU kernels: TensorFlow leaves them off on CPUs it was not tuned
+  for (this AMD Zen 3 among them); with them on, a seed-CNN train step ran
+  1.5x to 3x faster here (bench/loop.py, BENCHMARKS.md). Only the entry
+  points (train.py, eval.py, bench/) turn them on: importing the library
+  never changes the environment. Library users who want the same set
+  `TF_ENABLE_ONEDNN_OPTS=1` before importing TensorFlow; anyone can opt out
+  with `TF_ENABLE_ONEDNN_OPTS=0`.
+  """
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
 def run(program: str, argv: list[str], body: Callable[[], None], *,
-        verbose: bool) -> int:
-  """Runs `body`; each error becomes one line and an exit code.
+        verbose: bool, check: Callable[[], None] | None = None) -> int:
+  """Runs `check`, then `body`; each error becomes one line and an exit code.
 
-  Usage errors exit 2; data errors and stopped runs (`TrainingError`) 1; a
-  run stopped by SIGTERM/SIGINT after saving a checkpoint 128 + the signal.
+  `check` runs before TensorFlow is imported (flag checks that need only
+  the declarations), so a usage error appears at once. Usage errors exit
+  2; data errors and stopped runs (`TrainingError`) 1; a run stopped by
+  SIGTERM/SIGINT after saving a checkpoint 128 + the signal.
 
-  Stray positional arguments are a usage error. TensorFlow's C++ and absl
-  INFO logs are quietened so the terminal keeps the progress lines. With
-  `verbose`, errors propagate with their traceback instead.
+  Stray positional arguments are a usage error. TensorFlow's known
+  start-up banners and absl INFO logs are filtered so the terminal keeps
+  the progress lines. With `verbose`, errors propagate with their
+  traceback instead.
   """
   if len(argv) > 1:
     print(f"{program}: unexpected arguments {' '.join(argv[1:])}; flags are "
           f"--name=value.", file=sys.stderr)
     return 2
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  from cfal.errors import UsageError  # pylint: disable=import-outside-toplevel
+  if check is not None:
+    try:
+      check()
+    except UsageError as error:
+      if verbose:
+        raise
+      print(f"{program}: {error}", file=sys.stderr)
+      return 2
+  prepare_environment()
   logging.set_verbosity(logging.WARNING)
   if not verbose:
-    _import_tensorflow_quietly()
+    import_filtered("tensorflow")
   from cfal.data.errors import DataError  # pylint: disable=import-outside-toplevel
   from cfal.errors import (  # pylint: disable=import-outside-toplevel
-      Interrupted, TrainingError, UsageError)
+      Interrupted, TrainingError)
   try:
     body()
   except Interrupted as error:
@@ -44,23 +87,29 @@ def run(program: str, argv: list[str], body: Callable[[], None], *,
   return 0
 
 
-def _import_tensorflow_quietly() -> None:
-  """Imports TensorFlow with the C++ stderr of its start-up silenced.
+def import_filtered(module: str) -> None:
+  """Imports `module` with its native start-up noise filtered out of stderr.
 
-  Its native libraries log banners at load time ("oneDNN custom operations
+  The C++ libraries log banners at load time ("oneDNN custom operations
   are on", CPU feature notes) that ignore TF_CPP_MIN_LOG_LEVEL and would
-  bury a one-line error. Python-level failures still raise normally;
-  `--verbose` imports without this.
+  bury a one-line error. File descriptor 2 goes to a temporary file during
+  the import; afterwards every line that is not known noise is written to
+  the real stderr, so an error (a CUDA or driver failure) is never lost.
+  Python-level failures raise as usual.
   """
-  if "tensorflow" in sys.modules:
+  if module in sys.modules:
     return
   sys.stderr.flush()
   saved = os.dup(2)
-  devnull = os.open(os.devnull, os.O_WRONLY)
-  try:
-    os.dup2(devnull, 2)
-    import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-  finally:
-    os.dup2(saved, 2)
-    os.close(saved)
-    os.close(devnull)
+  with tempfile.TemporaryFile() as captured:
+    try:
+      os.dup2(captured.fileno(), 2)
+      importlib.import_module(module)
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      for line in captured.read().decode("utf-8", "replace").splitlines():
+        if line.strip() and not _NOISE.search(line):
+          print(line, file=sys.stderr)

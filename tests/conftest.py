@@ -9,7 +9,8 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import cfal  # noqa: E402,F401  (before TensorFlow: its oneDNN setting)
+from cfal import cli  # noqa: E402  (before TensorFlow: its oneDNN setting)
+cli.prepare_environment()
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 

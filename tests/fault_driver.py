@@ -64,7 +64,7 @@ def install(point: str) -> None:
   import tensorflow as tf
   from tensorflow.python.checkpoint import checkpoint_management
   from tensorflow.python.ops import gen_io_ops
-  from cfal.training import loop, steps
+  from cfal.training import evaluator, steps
   if name == "step":
     durations = []
     original = steps.Steps.__init__
@@ -92,7 +92,8 @@ def install(point: str) -> None:
         checkpoint_management.update_checkpoint_state_internal, n,
         before=lambda *a, **k: _kill())
   elif name == "eval":
-    loop.evaluate = _counting(loop.evaluate, n, before=lambda *a, **k: _kill())
+    evaluator.Evaluator.evaluate = _counting(evaluator.Evaluator.evaluate, n,
+                                             before=lambda *a, **k: _kill())
   elif name == "best":
     save = tf.train.CheckpointManager.save
     count = [0]
@@ -141,7 +142,7 @@ def main(argv: list[str]) -> int:
     # Imported here, after cli.run has imported TensorFlow quietly.
     # pylint: disable=import-outside-toplevel
     from cfal.training.config import TrainConfig
-    from cfal.training.loop import train
+    from cfal.training.runner import train
     config = TrainConfig.from_json(pathlib.Path(config_path).read_text())
     install(point)
     train(config, echo=lambda m: print(m, flush=True))

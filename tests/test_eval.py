@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cfal import evaluation
+from cfal.report import documents
+from cfal.training import evaluate as evaluation
 from cfal.errors import UsageError
-from cfal.training.loop import train
+from cfal.training.runner import train
 from training_utils import small_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -91,7 +92,7 @@ def test_compare_tabulates_runs(runs):
     evaluation.evaluate_run(
         evaluation.EvalConfig(logdir=str(run), split="validation"),
         echo=lambda _: None)
-  table = evaluation.compare_runs([str(r) for r in runs.values()],
+  table = documents.compare_runs([str(r) for r in runs.values()],
                                   "validation").splitlines()
   assert len(table) == 4 and "balanced acc." in table[0]
   assert "| arcface |" in table[2] and "| cfal |" in table[3]

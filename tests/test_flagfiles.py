@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from cfal.training.loop import build_head
+from cfal.training.build import build_head
 from training_utils import train_script
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

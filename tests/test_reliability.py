@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cfal.training.loop import train
+from cfal.training.runner import train
 from training_utils import checkpoint_weights, small_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -29,15 +29,18 @@ class ModelConfig:
     backbone: a name in `cfal.backbones.BACKBONES`.
     embedding_dim: embedding size D.
     head: a name in `cfal.heads.HEADS`.
-    head_args: head hyper-parameters given explicitly (scale, margin, ...);
-      the head's own defaults fill the rest. Class counts are added from the
-      data for heads that take them.
+    head_args: head options given explicitly (scale, margin, gamma,
+      class_weighting, ...; see `cfal.heads.registry`); the head's own
+      defaults fill the rest. Class counts come from the data.
+    backbone_args: backbone options given explicitly (see
+      `cfal.backbones.registry`).
   """
 
   backbone: str = "seed_cnn"
   embedding_dim: int = 64
   head: str = "cfal"
   head_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+  backbone_args: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def identity(self) -> str:
     """What a checkpoint records so it is never restored into another model
@@ -83,6 +86,9 @@ class RunConfig:
       bit-identical to an uninterrupted one (slower on GPUs).
     skip_nonfinite_steps: how many non-finite steps a run may skip (never
       applying them) before it stops; 0 stops at the first.
+    allow_config_change: resume even though the head, backbone or
+      optimizer settings differ from the run's; the change is recorded in
+      config.json (`TrainConfig.changes`).
   """
 
   logdir: str = "runs/default"
@@ -102,14 +108,24 @@ class RunConfig:
   projector_points: int = 2000
   deterministic: bool = False
   skip_nonfinite_steps: int = 0
+  allow_config_change: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+  """A run's whole configuration, as config.json records it.
+
+  Attributes:
+    data, model, optimizer, run: the settings.
+    changes: settings changed on resume with `allow_config_change`, each
+      `{"step": N, "changed": {"optimizer.learning_rate": [old, new]}}`.
+  """
+
   data: DataConfig = DataConfig()
   model: ModelConfig = ModelConfig()
   optimizer: OptimizerConfig = OptimizerConfig()
   run: RunConfig = RunConfig()
+  changes: tuple = ()
 
   def to_json(self) -> str:
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -120,7 +136,8 @@ class TrainConfig:
     return cls(data=DataConfig(**raw["data"]),
                model=ModelConfig(**raw["model"]),
                optimizer=OptimizerConfig(**raw["optimizer"]),
-               run=RunConfig(**raw["run"]))
+               run=RunConfig(**raw["run"]),
+               changes=tuple(raw.get("changes", ())))
 
   @classmethod
   def load(cls, logdir: str | pathlib.Path) -> "TrainConfig":

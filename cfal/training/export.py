@@ -17,10 +17,15 @@ class _Classifier(tf.Module):
   """What the SavedModel holds: the networks and two signatures."""
 
   def __init__(self, backbone: keras.Model, head: Head,
-               image_shape: Sequence[int], class_names: Sequence[str]):
+               image_shape: Sequence[int], class_names: Sequence[str],
+               step: int):
     super().__init__(name="cfal_classifier")
     self.backbone = backbone
     self.head = head
+    # The training step of the exported weights, so evaluations of the
+    # export line up with the checkpoints' in TensorBoard.
+    self.step = tf.Variable(int(step), dtype=tf.int64, trainable=False,
+                            name="step")
     self.class_names = tf.Variable(list(class_names), trainable=False,
                                    name="class_names")
     # "cosine" or "euclidean": how the head compares embeddings, for
@@ -51,7 +56,8 @@ class _Classifier(tf.Module):
 
 def export_saved_model(path: str | os.PathLike, *, backbone: keras.Model,
                        head: Head, image_shape: Sequence[int],
-                       class_names: Sequence[str]) -> pathlib.Path:
+                       class_names: Sequence[str],
+                       step: int = 0) -> pathlib.Path:
   """Writes the SavedModel into a temporary folder, then swaps it in.
 
   A kill at any moment leaves a complete model at `path` or at
@@ -67,7 +73,7 @@ def export_saved_model(path: str | os.PathLike, *, backbone: keras.Model,
   if old.exists() and not path.exists():
     old.rename(path)   # a previous swap was killed half-way
   shutil.rmtree(tmp, ignore_errors=True)
-  module = _Classifier(backbone, head, image_shape, class_names)
+  module = _Classifier(backbone, head, image_shape, class_names, step)
   tf.saved_model.save(module, str(tmp),
                       signatures={"embed": module.embed,
                                   "classify": module.classify})

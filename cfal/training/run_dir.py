@@ -15,6 +15,7 @@ import datetime
 import fcntl
 import os
 import pathlib
+import re
 import socket
 
 from cfal.errors import UsageError
@@ -86,11 +87,21 @@ def write_atomically(path: pathlib.Path, text: str) -> None:
 _FREE_DATA_FIELDS = ("data_dir", "max_bad_fraction")
 
 
-def check_run_dir(logdir: pathlib.Path, config: TrainConfig) -> None:
-  """A run directory belongs to one model: refuse to resume another."""
+def check_run_dir(logdir: pathlib.Path, config: TrainConfig) -> TrainConfig:
+  """A run directory belongs to one run: refuse to resume it differently.
+
+  A different model (head, backbone, embedding size), data split or order,
+  seed, batch or precision is always refused. Different head or backbone
+  options or optimizer settings are refused too, naming each key and both
+  values, unless `config.run.allow_config_change`: then the change is
+  recorded in the returned config's `changes`.
+
+  Returns:
+    `config`, with the run's earlier changes and this one recorded.
+  """
   saved = logdir / "config.json"
   if not saved.exists():
-    return
+    return config
   old = TrainConfig.load(logdir)
   for field in ("backbone", "head", "embedding_dim"):
     a, b = getattr(old.model, field), getattr(config.model, field)
@@ -113,3 +124,51 @@ def check_run_dir(logdir: pathlib.Path, config: TrainConfig) -> None:
     if a != b:
       raise UsageError(f"{logdir} was trained with --{field}={a}, not {b}: "
                        f"resume with the same value or use a new --logdir.")
+  changed = setting_changes(old, config)
+  if changed and not config.run.allow_config_change:
+    listed = ", ".join(f"{key} {_show(a)} -> {_show(b)}"
+                       for key, (a, b) in changed.items())
+    raise UsageError(f"{logdir} was trained with other settings ({listed}): "
+                     f"resume with the run's own flags, pass "
+                     f"--allow_config_change to resume with these and record "
+                     f"the change, or use a new --logdir.")
+  changes = tuple(old.changes)
+  if changed:
+    changes += ({"step": _checkpointed_step(logdir), "changed": {
+        key: [a, b] for key, (a, b) in changed.items()}},)
+  return dataclasses.replace(config, changes=changes)
+
+
+_UNSET = object()
+
+
+def setting_changes(old: TrainConfig, new: TrainConfig
+                    ) -> dict[str, tuple[object, object]]:
+  """Head and backbone options and optimizer settings that differ, by key
+  ("head_args.margin", "optimizer.learning_rate")."""
+  changed: dict[str, tuple[object, object]] = {}
+  for group in ("head_args", "backbone_args"):
+    a, b = getattr(old.model, group), getattr(new.model, group)
+    for key in sorted(set(a) | set(b)):
+      if a.get(key, _UNSET) != b.get(key, _UNSET):
+        changed[f"{group}.{key}"] = (a.get(key), b.get(key))
+  for field in dataclasses.fields(old.optimizer):
+    a = getattr(old.optimizer, field.name)
+    b = getattr(new.optimizer, field.name)
+    if a != b:
+      changed[f"optimizer.{field.name}"] = (a, b)
+  return changed
+
+
+def _show(value) -> str:
+  return "unset" if value is None else str(value)
+
+
+def _checkpointed_step(logdir: pathlib.Path) -> int | None:
+  """The step of the run's latest checkpoint, from its state file."""
+  state = logdir / "checkpoints" / "checkpoint"
+  if not state.exists():
+    return None
+  match = re.search(r'^model_checkpoint_path: ".*?ckpt-(\d+)"',
+                    state.read_text(), re.MULTILINE)
+  return int(match.group(1)) if match else None

@@ -1,4 +1,4 @@
-"""Explicit train and eval steps: GradientTape, tf.function, XLA, strategies.
+"""The explicit train step: GradientTape, tf.function, XLA, strategies.
 
 The per-replica work is split in two: `compute` (forward, loss, backward:
 where the FLOPs are, and what `xla` mode jit-compiles) and the update
@@ -19,27 +19,25 @@ import keras
 import tensorflow as tf
 
 from cfal.heads import Head
-from cfal.metrics.classification import confusion_matrix_update
 
 STEP_MODES = ("eager", "function", "xla")
 
 
 class Steps:
-  """Train and eval steps for one backbone + head under one strategy.
+  """The compiled train step of one backbone + head under one strategy.
 
   Args:
     strategy: the distribution strategy everything was built under.
     backbone: images -> embeddings (a Keras model, called, never fit).
     head: a `cfal.heads.Head`.
-    optimizer: a built Keras optimizer (a `LossScaleOptimizer` for float16);
-      None for evaluation only.
+    optimizer: a built Keras optimizer (a `LossScaleOptimizer` for float16).
     global_batch_size: examples per step over all replicas.
     mode: "eager", "function" or "xla".
   """
 
   def __init__(self, *, strategy: tf.distribute.Strategy,
                backbone: keras.Model, head: Head,
-               optimizer: keras.optimizers.Optimizer | None,
+               optimizer: keras.optimizers.Optimizer,
                global_batch_size: int,
                mode: str):
     if mode not in STEP_MODES:
@@ -61,13 +59,8 @@ class Steps:
     self._compute = (
         tf.function(self._compute_fn, jit_compile=True, autograph=False)
         if mode == "xla" else self._compute_fn)
-    if mode == "eager":
-      self.train_loop = self._train_loop_fn
-      self.eval_step = self._eval_step_fn
-    else:
-      self.train_loop = tf.function(self._train_loop_fn, autograph=False)
-      self.eval_step = tf.function(self._eval_step_fn, autograph=False,
-                                   reduce_retracing=True)
+    self.train_loop = (self._train_loop_fn if mode == "eager" else
+                       tf.function(self._train_loop_fn, autograph=False))
 
   def _compute_fn(self, images, labels):
     with tf.GradientTape() as tape:
@@ -77,8 +70,13 @@ class Steps:
           per_example, global_batch_size=self.global_batch_size)
       scaled = self.optimizer.scale_loss(loss) if self._scales_loss else loss
     grads = tape.gradient(scaled, self.variables)
-    return embeddings, loss, grads, _fault(images, embeddings, loss, grads,
-                                           check_grads=not self._scales_loss)
+    # Accuracy of the forward pass that produced the loss, before the
+    # update moves the head.
+    hits = tf.reduce_sum(tf.cast(
+        tf.equal(self.head.predict(tf.stop_gradient(embeddings)), labels),
+        tf.float32))
+    return embeddings, loss, grads, hits, _fault(
+        images, embeddings, loss, grads, check_grads=not self._scales_loss)
 
   def _replica_compute(self, images, labels):
     saved = [tf.identity(v) for v in self.forward_state]
@@ -115,7 +113,7 @@ class Steps:
 
     def body(i, applied, skipped, fault, loss_sum, correct):
       images, labels = next(iterator)
-      embeddings, loss, grads, faults, saved = self.strategy.run(
+      embeddings, loss, grads, hits, faults, saved = self.strategy.run(
           _plain(self._replica_compute), args=(images, labels))
       code = _first_fault(reduce_sum(faults))
       finite = tf.equal(code, 0)
@@ -123,8 +121,6 @@ class Steps:
       def apply():
         self.strategy.run(_plain(self._replica_apply),
                           args=(grads, embeddings, labels))
-        hits = self.strategy.run(_plain(self._correct),
-                                 args=(embeddings, labels))
         return reduce_sum(loss), reduce_sum(hits)
 
       def undo():
@@ -154,23 +150,6 @@ class Steps:
             "accuracy": correct / (denominator * self.global_batch_size),
             "steps": consumed, "applied": applied, "skipped": skipped,
             "fault": fault}
-
-  def _correct(self, embeddings, labels):
-    return tf.reduce_sum(tf.cast(
-        tf.equal(self.head.predict(embeddings), labels), tf.float32))
-
-  def _replica_eval(self, images, labels):
-    embeddings = tf.cast(self.backbone(images, training=False), tf.float32)
-    predictions = self.head.predict(embeddings)
-    loss = tf.reduce_sum(self.head.loss(embeddings, labels))
-    confusion = confusion_matrix_update(labels, predictions,
-                                        self.head.num_classes)
-    return embeddings, labels, predictions, loss, confusion
-
-  def _eval_step_fn(self, batch):
-    """One distributed eval batch: per-replica results (caller reduces)."""
-    return self.strategy.run(_plain(self._replica_eval), args=batch)
-
 
 # What `_fault` reports, by precedence: the first non-finite thing in the
 # chain images -> embeddings -> loss -> gradients names the likely cause.

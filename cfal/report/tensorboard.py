@@ -1,10 +1,14 @@
-"""What a run writes for TensorBoard: scalars, images, projector, hparams."""
+"""What a run writes for TensorBoard: scalars, images, projector, hparams.
+
+`write_evaluation` is the one writer of an evaluation's summaries, used for
+validation during training and by eval.py alike.
+"""
 
 from __future__ import annotations
 
 import pathlib
 import re
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -80,3 +84,47 @@ def write_projector(logdir: str, embeddings: np.ndarray, labels: np.ndarray,
 def _tag(name: str) -> str:
   """A class name made safe for a summary tag."""
   return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "class"
+
+
+def write_evaluation(writer, result: Any, *, step: int, title: str,
+                     prototypes: np.ndarray | None, metric: str,
+                     projector_dir: str | None = None,
+                     projector_name: str = "validation",
+                     projector_points: int | None = None) -> None:
+  """An evaluation's summaries at `step`: the headline scalars, per-class
+  recall, the confusion-matrix and embedding pictures, projector files.
+
+  Args:
+    writer: the run's event-file writer for this split.
+    result: a `cfal.training.evaluator.EvalResult`.
+    step: the training step of the weights evaluated (never 0 for a
+      trained checkpoint: TensorBoard lines pictures up by step).
+    title: the pictures' title (head, backbone, data, split).
+    prototypes: the head's prototypes to mark, or None.
+    metric: "cosine" or "euclidean", the head's geometry.
+    projector_dir, projector_name: projector files go to
+      `<projector_dir>/<projector_name>` (skipped when None).
+    projector_points: at most this many embeddings in the projector.
+  """
+  from cfal.viz import plots  # pylint: disable=import-outside-toplevel
+  report = result.report
+  class_names = list(report["per_class"])
+  scalars = {key: report[key] for key in
+             ("loss", "accuracy", "balanced_accuracy", "macro_f1")
+             if key in report and np.isfinite(report[key])}
+  write_scalars(writer, scalars, step)
+  write_per_class(writer, "per_class_recall",
+                  [report["per_class"][n]["recall"] for n in class_names],
+                  class_names, step)
+  write_image(writer, "confusion_matrix", plots.figure_to_image_tensor(
+      plots.confusion_matrix_figure(result.confusion, class_names, title)),
+              step)
+  write_image(writer, "embeddings", plots.figure_to_image_tensor(
+      plots.embedding_figure(result.embeddings, result.labels, class_names,
+                             title, prototypes=prototypes, metric=metric)),
+              step)
+  writer.flush()
+  if projector_dir is not None:
+    keep = slice(0, projector_points)
+    write_projector(projector_dir, result.embeddings[keep],
+                    result.labels[keep], class_names, name=projector_name)

@@ -1,0 +1,59 @@
+"""The backbones by name, with their declared options (no TensorFlow).
+
+`BACKBONES[name]` is a `cfal.options.Spec`: where the builder lives and the
+options it takes, each with its type, range and help. train.py reads this
+to check `--backbone` and `--backbone_args=width=32,depth_per_stage=1;1`
+before TensorFlow loads; `cfal.backbones.build_backbone` checks the same
+declarations before it builds. Adding a backbone is one builder file and
+one entry here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from cfal.options import Option, Spec
+
+_DROP = dict(low=0.0, high=1.0, high_open=True)
+
+BACKBONES: dict[str, Spec] = {spec.name: spec for spec in (
+    Spec("seed_cnn", "cfal.backbones.seed_cnn:build_seed_cnn", (
+        Option("normalize", "bool", "L2-normalise the embedding (set from "
+               "the head's needs unless given)."),
+        Option("pooling", "str", "How the last feature map becomes a vector.",
+               choices=("flatten", "avg")),
+    ), "the small CNN of the ArcFace-on-MNIST notebooks"),
+    Spec("prelu_cnn", "cfal.backbones.prelu_cnn:build_prelu_cnn", (),
+         "LeNets++ with PReLU, the center-loss paper's MNIST network"),
+    Spec("resnet", "cfal.backbones.resnet:build_resnet", (
+        Option("width", "int", "Filters of the first stage (doubling per "
+               "stage).", low=1),
+        Option("depth_per_stage", "ints", "Residual blocks per stage, e.g. "
+               "2;2;2;2.", low=1),
+    ), "ResNet of basic blocks with a stem sized to the input"),
+    Spec("cct", "cfal.backbones.cct:build_cct", (
+        Option("projection_dim", "int", "Token size.", low=1),
+        Option("num_layers", "int", "Transformer encoder layers.", low=1),
+        Option("num_heads", "int", "Attention heads (must divide "
+               "projection_dim).", low=1),
+        Option("mlp_dim", "int", "Hidden size of the encoder MLPs.", low=1),
+        Option("dropout", "float", "Dropout rate.", **_DROP),
+        Option("stochastic_depth", "float", "Largest drop-path rate.",
+               **_DROP),
+        Option("position_embedding", "bool", "Learned position embedding."),
+    ), "Compact Convolutional Transformer, the CFAL paper's backbone"),
+)}
+
+
+def backbone_spec(name: str) -> Spec:
+  """The spec registered as `name`, or a one-line ValueError."""
+  if name not in BACKBONES:
+    raise ValueError(f"unknown backbone {name!r}; valid names: "
+                     f"{', '.join(BACKBONES)}")
+  return BACKBONES[name]
+
+
+def check_backbone_options(name: str, values: Mapping[str, Any]
+                           ) -> dict[str, Any]:
+  """`values` checked against the backbone's declarations (one-line errors)."""
+  return backbone_spec(name).check(values, kind="backbone")

@@ -1,0 +1,177 @@
+"""An evaluation as documents: report.json, report.md, predictions, PNGs.
+
+Also the terminal summary eval.py prints and `compare_runs`' markdown
+table of several evaluated runs. Nothing here runs a model: it renders an
+`EvalResult` (`cfal.training.evaluator`) and a run's config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from typing import Any, Sequence
+
+import numpy as np
+
+from cfal.errors import UsageError
+from cfal.metrics.embedding import compactness_separation, retrieval_metrics
+
+
+def evaluation_report(result: Any, *, run: Any, logdir: str, split: str,
+                      origin: str, metric: str, step: int | None) -> dict:
+  """report.json's content: the run, what was evaluated and every metric.
+
+  Args:
+    result: a `cfal.training.evaluator.EvalResult` holding every example.
+    run: the run's `TrainConfig`.
+    logdir: the run directory.
+    split: "test" or "validation".
+    origin: what was evaluated ("checkpoint ... (step N)", "SavedModel ...").
+    metric: the head's embedding geometry, "cosine" or "euclidean".
+    step: the training step of the weights, when known.
+  """
+  report = {
+      "run": str(logdir), "split": split, "evaluated": origin,
+      "step": step, "head": run.model.head, "backbone": run.model.backbone,
+      "dataset": run.data.name, "embedding_dim": run.model.embedding_dim,
+      "embedding_metric": metric,
+      **{k: v for k, v in result.report.items() if k != "loss"},
+      "confusion_matrix": result.confusion.tolist(),
+      "embedding": {
+          **compactness_separation(result.embeddings, result.labels,
+                                   metric=metric),
+          **retrieval_metrics(result.embeddings, result.labels,
+                              metric=metric),
+      },
+  }
+  if np.isfinite(result.loss):
+    report["loss"] = result.loss
+  return report
+
+
+def write_outputs(out: pathlib.Path, report: dict, result: Any,
+                  prototypes: np.ndarray | None) -> None:
+  """report.json, report.md, predictions.npz and the two pictures as PNG."""
+  from cfal.viz import plots  # pylint: disable=import-outside-toplevel
+  class_names = list(report["per_class"])
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "report.json").write_text(json.dumps(report, indent=1,
+                                              default=_json_default))
+  (out / "report.md").write_text(markdown_report(report))
+  np.savez_compressed(out / "predictions.npz", labels=result.labels,
+                      predictions=result.predictions, scores=result.scores,
+                      embeddings=result.embeddings,
+                      class_names=np.array(class_names))
+  title = figure_title(report)
+  figures = {
+      "confusion_matrix": plots.confusion_matrix_figure(
+          np.asarray(report["confusion_matrix"]), class_names, title),
+      "embeddings": plots.embedding_figure(
+          result.embeddings, result.labels, class_names, title,
+          prototypes=prototypes, metric=report["embedding_metric"]),
+  }
+  for name, figure in figures.items():
+    (out / f"{name}.png").write_bytes(plots.figure_to_png(figure))
+
+
+def figure_title(report: dict) -> str:
+  step = f", step {report['step']}" if report.get("step") is not None else ""
+  return (f"{report['head']} head, {report['backbone']} on "
+          f"{report['dataset']} - {report['split']}{step}")
+
+
+KEY_METRICS = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced acc."),
+               ("macro_f1", "macro F1"), ("mcc", "MCC"),
+               ("cohen_kappa", "kappa"))
+
+
+def _embedding_keys(report: dict) -> list[tuple[str, str]]:
+  emb = report.get("embedding", {})
+  wanted = (("precision_at_1", "P@1"), ("r_precision", "R-precision"),
+            ("map_at_r", "MAP@R"), ("ratio", "separation/compactness"))
+  return [(k, label) for k, label in wanted if k in emb]
+
+
+def summary_table(report: dict) -> str:
+  """The terminal summary: key metrics, then the per-class table."""
+  lines = [f"{report['head']} / {report['backbone']} on {report['dataset']}"
+           f" ({report['split']}, {report['num_samples']} examples; "
+           f"{report['evaluated']})"]
+  for key, label in KEY_METRICS:
+    lines.append(f"  {label:<24} {report[key]:.4f}")
+  for key, label in _embedding_keys(report):
+    lines.append(f"  {label:<24} {report['embedding'][key]:.4f}")
+  lines.append(_per_class_text(report))
+  return "\n".join(lines)
+
+
+def _per_class_text(report: dict) -> str:
+  width = max(12, max(len(n) for n in report["per_class"]) + 2)
+  rows = [f"{'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}"
+          f"{'support':>10}"]
+  for name, c in report["per_class"].items():
+    rows.append(f"{name:<{width}}{c['precision']:>10.4f}{c['recall']:>10.4f}"
+                f"{c['f1']:>10.4f}{c['support']:>10}")
+  return "\n".join(rows)
+
+
+def markdown_report(report: dict) -> str:
+  """report.md: the same numbers as readable tables."""
+  lines = [f"# {report['head']} head, {report['backbone']} on "
+           f"{report['dataset']}: {report['split']}", "",
+           f"{report['num_samples']} examples; {report['evaluated']}.", "",
+           "| metric | value |", "| --- | ---: |"]
+  for key, label in KEY_METRICS:
+    lines.append(f"| {label} | {_fmt(report[key])} |")
+  for key in ("macro_precision", "macro_recall", "weighted_precision",
+              "weighted_recall", "weighted_f1"):
+    lines.append(f"| {key.replace('_', ' ')} | {_fmt(report[key])} |")
+  lines += ["", f"Embedding metrics ({report['embedding_metric']} "
+            f"distance):", "", "| metric | value |", "| --- | ---: |"]
+  for key, value in report["embedding"].items():
+    if isinstance(value, (int, float)):
+      lines.append(f"| {key.replace('_', ' ')} | {_fmt(value)} |")
+  lines += ["", "| class | precision | recall | F1 | support |",
+            "| --- | ---: | ---: | ---: | ---: |"]
+  for name, c in report["per_class"].items():
+    lines.append(f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | "
+                 f"{c['f1']:.4f} | {c['support']} |")
+  return "\n".join(lines) + "\n"
+
+
+def compare_runs(logdirs: Sequence[str], split: str = "test") -> str:
+  """One markdown table of the key metrics of several evaluated runs."""
+  reports = []
+  for logdir in logdirs:
+    path = pathlib.Path(logdir) / "eval" / split / "report.json"
+    if not path.exists():
+      raise UsageError(f"{path} not found: run `python eval.py "
+                       f"--logdir={logdir} --split={split}` first.")
+    reports.append(json.loads(path.read_text()))
+  emb_keys = _embedding_keys(reports[0])
+  header = (["run", "head", "backbone"] + [l for _, l in KEY_METRICS]
+            + [l for _, l in emb_keys])
+  lines = ["| " + " | ".join(header) + " |",
+           "| " + " | ".join(["---"] * 3 + ["---:"] * (len(header) - 3))
+           + " |"]
+  for logdir, r in zip(logdirs, reports):
+    cells = [str(logdir), r["head"], r["backbone"]]
+    cells += [_fmt(r[k]) for k, _ in KEY_METRICS]
+    cells += [_fmt(r["embedding"].get(k, math.nan)) for k, _ in emb_keys]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+  if isinstance(value, float) and math.isnan(value):
+    return "n/a"
+  return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _json_default(value):
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  raise TypeError(f"not JSON serialisable: {type(value).__name__}")

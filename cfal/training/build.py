@@ -1,0 +1,333 @@
+"""The one builder: a `TrainConfig` -> strategy, data, model, optimizer, checkpoint.
+
+train.py (through `cfal.training.runner`), eval.py (through
+`cfal.training.evaluate`) and every program in bench/ build with this
+module, so a run is evaluated on exactly the model it trained, and a
+benchmark times exactly what train.py runs. Nothing here trains, evaluates
+or writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import cfal.heads
+from cfal.backbones import factory as backbone_factory
+from cfal.backbones import registry as backbone_registry
+from cfal.data import datasets, pipeline
+from cfal.errors import UsageError
+from cfal.training.config import TrainConfig
+from cfal.training.evaluator import Evaluator, model_forward
+from cfal.training.steps import Steps
+from cfal.training.strategy import make_strategy
+
+
+@dataclasses.dataclass
+class Counters:
+  """The run's bookkeeping, checkpointed with the model so it survives a
+  restart: the step (which is also the data position), the best
+  validation balanced accuracy, evaluations since it, skipped steps."""
+
+  step: tf.Variable
+  best: tf.Variable
+  evals_without_gain: tf.Variable
+  skipped: tf.Variable
+
+
+@dataclasses.dataclass
+class Built:
+  """Everything a run or an evaluation needs, built under `strategy`.
+
+  Attributes:
+    config: what it was built from.
+    strategy: the distribution strategy every variable lives under.
+    data: the loaded dataset (sources, splits, class counts).
+    backbone: images -> embeddings.
+    head: a `cfal.heads.Head`.
+    optimizer: built (slots created) for training; None for evaluation.
+    counters: step and bookkeeping variables.
+    checkpoint: a `tf.train.Checkpoint` of all of the above.
+    per_epoch: steps per epoch of the training split.
+    total_steps: the run's length in steps.
+    eval_every: validation cadence in steps.
+  """
+
+  config: TrainConfig
+  strategy: tf.distribute.Strategy
+  data: datasets.DataBundle
+  backbone: keras.Model
+  head: cfal.heads.Head
+  optimizer: keras.optimizers.Optimizer | None
+  counters: Counters
+  checkpoint: tf.train.Checkpoint
+  per_epoch: int
+  total_steps: int
+  eval_every: int
+
+  @property
+  def trainable_variables(self) -> list[tf.Variable]:
+    """Backbone and head (a tf.Module does not list Keras 3 variables)."""
+    return (list(self.backbone.trainable_variables)
+            + list(self.head.trainable_variables))
+
+  @property
+  def all_variables(self) -> list[tf.Variable]:
+    """Every variable a checkpoint holds, optimizer slots included."""
+    optimizer = list(self.optimizer.variables) if self.optimizer else []
+    return (list(self.backbone.weights) + list(self.head.variables)
+            + optimizer)
+
+
+def build(config: TrainConfig, *, training: bool = True,
+          strategy: tf.distribute.Strategy | None = None,
+          data: datasets.DataBundle | None = None) -> Built:
+  """Builds what `config` describes.
+
+  Args:
+    config: the run's configuration.
+    training: also build the optimizer (with its slots, inside the strategy
+      scope, before any compiled call) and check the training split.
+    strategy: use this strategy instead of the one `config.run` names
+      (eval.py picks its own devices).
+    data: an already loaded dataset for `config.data`.
+
+  Raises:
+    UsageError: a configuration that cannot work (one line).
+    DataError: missing or bad data.
+  """
+  run = config.run
+  strategy = strategy or build_strategy(config)
+  data = data or load_data(config)
+  per_epoch = pipeline.steps_per_epoch(len(data.train_indices),
+                                       run.batch_size)
+  total_steps = run.train_steps or max(1, math.ceil(run.epochs * per_epoch))
+  if training:
+    check_splits(config, data)
+  # A plain record, made outside the strategy scope: multi-worker
+  # collectives cannot broadcast a string variable's initial value.
+  identity = tf.Variable(config.model.identity(), trainable=False,
+                         name="model_identity")
+  with strategy.scope():
+    keras.utils.set_random_seed(run.seed)
+    head = build_head(config, data.class_counts, data.num_classes)
+    backbone = build_backbone(config, data.image_shape, head)
+    optimizer = None
+    if training:
+      optimizer = build_optimizer(config, total_steps)
+      optimizer.build(list(backbone.trainable_variables)
+                      + list(head.trainable_variables))
+    counters = Counters(
+        step=_counter("step"), best=tf.Variable(
+            -1.0, dtype=tf.float64, trainable=False, name="best"),
+        evals_without_gain=_counter("evals_without_gain"),
+        skipped=_counter("skipped_steps"))
+    parts = dict(backbone=backbone, head=head, step=counters.step,
+                 model_identity=identity)
+    if training:
+      parts.update(optimizer=optimizer, best_balanced_accuracy=counters.best,
+                   evals_without_gain=counters.evals_without_gain,
+                   skipped_steps=counters.skipped)
+    checkpoint = tf.train.Checkpoint(**parts)
+  return Built(config=config, strategy=strategy, data=data,
+               backbone=backbone, head=head, optimizer=optimizer,
+               counters=counters, checkpoint=checkpoint, per_epoch=per_epoch,
+               total_steps=total_steps,
+               eval_every=run.eval_every or per_epoch)
+
+
+def _counter(name: str) -> tf.Variable:
+  return tf.Variable(0, dtype=tf.int64, trainable=False, name=name)
+
+
+def build_strategy(config: TrainConfig) -> tf.distribute.Strategy:
+  """The strategy `config.run` names; checks the batch divides over it."""
+  run = config.run
+  strategy = make_strategy(run.strategy, gpus=run.gpus,
+                           cpu_replicas=run.cpu_replicas)
+  if run.batch_size % strategy.num_replicas_in_sync:
+    raise UsageError(f"--batch_size={run.batch_size} must be divisible by "
+                     f"the {strategy.num_replicas_in_sync} replicas.")
+  return strategy
+
+
+def load_data(config: TrainConfig) -> datasets.DataBundle:
+  """The dataset `config.data` names; a bad setting is a UsageError."""
+  try:
+    return datasets.load_data(config.data)
+  except ValueError as error:
+    if isinstance(error, datasets.DataError):
+      raise
+    raise UsageError(str(error)) from None
+
+
+def check_splits(config: TrainConfig, data: datasets.DataBundle) -> None:
+  """Training needs a full batch and a non-empty validation split."""
+  if len(data.train_indices) < config.run.batch_size:
+    raise UsageError(f"The training set has {len(data.train_indices)} "
+                     f"examples, fewer than --batch_size="
+                     f"{config.run.batch_size}; use a smaller batch.")
+  if len(data.validation_indices) == 0:
+    raise UsageError("The validation split is empty; use a "
+                     "--validation_split that keeps at least one example.")
+
+
+def build_head(config: TrainConfig, class_counts: np.ndarray,
+               num_classes: int) -> cfal.heads.Head:
+  """The head the config names, with the data's class counts."""
+  model = config.model
+  try:
+    return cfal.heads.build_head(
+        model.head, num_classes=num_classes,
+        embedding_dim=model.embedding_dim,
+        class_counts=(None if class_counts is None
+                      else [int(c) for c in class_counts]), seed=config.run.seed,
+        **model.head_args)
+  except (ValueError, TypeError) as error:
+    message = str(error)
+    if not message.startswith(("--head", "Unknown --head")):
+      message = f"--head={model.head}: {message}"
+    raise UsageError(message) from None
+
+
+def build_backbone(config: TrainConfig, image_shape: tuple[int, int, int],
+                   head: cfal.heads.Head) -> keras.Model:
+  """The backbone the config names, shaped to what the head needs.
+
+  A backbone that can end on the unit sphere (`normalize`) does so exactly
+  when the head asks for unit-norm embeddings (`head.normalized_embeddings`:
+  the angular-margin heads), unless `backbone_args` says otherwise.
+  """
+  model = config.model
+  options = dict(model.backbone_args)
+  spec = backbone_registry.BACKBONES.get(model.backbone)
+  if (spec is not None and spec.option("normalize") is not None
+      and "normalize" not in options):
+    options["normalize"] = bool(head.normalized_embeddings)
+  try:
+    return backbone_factory.build_backbone(
+        model.backbone, input_shape=image_shape,
+        embedding_dim=model.embedding_dim, seed=config.run.seed, **options)
+  except ValueError as error:
+    message = str(error)
+    if not message.startswith("--backbone"):
+      message = f"--backbone={model.backbone}: {message}"
+    raise UsageError(message) from None
+
+
+def build_optimizer(config: TrainConfig,
+                    total_steps: int) -> keras.optimizers.Optimizer:
+  """The Keras optimizer and learning-rate schedule of `config.optimizer`.
+
+  Call it inside the strategy scope, then `optimizer.build(variables)`.
+  float16 runs get a `LossScaleOptimizer`.
+  """
+  opt = config.optimizer
+  lr: float | keras.optimizers.schedules.LearningRateSchedule
+  lr = opt.learning_rate
+  if opt.schedule == "cosine":
+    decay = max(1, total_steps - opt.warmup_steps)
+    if opt.warmup_steps:
+      lr = keras.optimizers.schedules.CosineDecay(
+          0.0, decay, warmup_target=opt.learning_rate,
+          warmup_steps=opt.warmup_steps)
+    else:
+      lr = keras.optimizers.schedules.CosineDecay(opt.learning_rate, decay)
+  elif opt.schedule != "constant":
+    raise UsageError(f"Unknown --schedule={opt.schedule!r}; choose constant "
+                     f"or cosine.")
+  if opt.name == "adam":
+    optimizer = keras.optimizers.Adam(lr)
+  elif opt.name == "adamw":
+    optimizer = keras.optimizers.AdamW(lr, weight_decay=opt.weight_decay)
+  elif opt.name == "sgd":
+    optimizer = keras.optimizers.SGD(lr, momentum=opt.momentum)
+  else:
+    raise UsageError(f"Unknown --optimizer={opt.name!r}; choose adam, adamw "
+                     f"or sgd.")
+  if config.run.mixed_precision == "float16":
+    optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+  return optimizer
+
+
+def resolve_step_mode(mode: str, strategy: tf.distribute.Strategy, *,
+                      deterministic: bool = False) -> str:
+  """`auto` -> what was measured fastest on the devices present.
+
+  On CPU, XLA made conv train steps about 2x slower than plain tf.function;
+  on a GPU XLA usually wins. With several replicas the synchronized
+  BatchNorm all-reduces inside the compiled forward pass, which XLA can
+  only compile when every replica is a GPU; `auto` then stays with
+  `function`, and an explicit `xla` over CPU replicas is refused. XLA has
+  no deterministic MaxPool gradient, so a deterministic run never uses it.
+  """
+  replicas = strategy.num_replicas_in_sync
+  gpus = bool(tf.config.list_physical_devices("GPU"))
+  if mode == "auto":
+    use_xla = gpus and replicas == 1 and not deterministic
+    return "xla" if use_xla else "function"
+  if mode == "xla" and deterministic:
+    raise UsageError("--deterministic cannot use --step_mode=xla: XLA has no "
+                     "deterministic MaxPool gradient; use --step_mode=function"
+                     " (or auto).")
+  if mode == "xla" and replicas > 1 and not gpus:
+    raise UsageError(f"--step_mode=xla cannot compile the cross-replica "
+                     f"BatchNorm of {replicas} CPU replicas; use "
+                     f"--step_mode=function (or auto).")
+  return mode
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """True unless this process is a non-chief worker of a cluster."""
+  resolver = getattr(strategy, "cluster_resolver", None)
+  if resolver is None or not resolver.task_type:
+    return True
+  if resolver.task_type == "chief":
+    return True
+  has_chief = "chief" in resolver.cluster_spec().as_dict()
+  return (not has_chief and resolver.task_type == "worker"
+          and resolver.task_id == 0)
+
+
+def validation_dataset(built: Built, batch_size: int | None = None
+                       ) -> tf.data.Dataset:
+  """The validation split as batches (rebuild it for each evaluation)."""
+  data = built.data
+  return pipeline.eval_dataset(data.source, data.validation_indices,
+                               batch_size=batch_size
+                               or built.config.run.batch_size)
+
+
+def train_iterator(built: Built, start_step: int):
+  """The distributed training stream from `start_step`: every worker and
+  replica takes its rows of the same global batch (a pure function of the
+  seed and the step)."""
+  config, data = built.config, built.data
+
+  def make(input_context):
+    return pipeline.train_dataset(
+        data.source, data.train_indices,
+        global_batch_size=config.run.batch_size, seed=config.run.seed,
+        start_step=start_step, augment=config.data.augment,
+        input_context=input_context)
+  return iter(built.strategy.distribute_datasets_from_function(make))
+
+
+def train_steps(built: Built, mode: str) -> Steps:
+  """The compiled train loop of `built` in step mode `mode`."""
+  return Steps(strategy=built.strategy, backbone=built.backbone,
+               head=built.head, optimizer=built.optimizer,
+               global_batch_size=built.config.run.batch_size, mode=mode)
+
+
+def model_evaluator(built: Built, *, keep: int | None,
+                    mode: str = "function") -> Evaluator:
+  """The evaluator of `built`'s backbone + head (validation, eval.py)."""
+  return Evaluator(strategy=built.strategy,
+                   forward=model_forward(built.backbone, built.head),
+                   class_names=built.data.class_names, keep=keep,
+                   mode="eager" if mode == "eager" else "function")

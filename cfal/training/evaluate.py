@@ -1,0 +1,192 @@
+"""Evaluating a finished run: what eval.py calls.
+
+`evaluate_run` reads `<logdir>/config.json` once, builds the model with the
+one builder (`build`), restores a checkpoint (or loads the exported
+SavedModel), runs the split through the one evaluator, and hands the result
+to the report code, which writes `<logdir>/eval/<split>/`: report.json,
+report.md, predictions.npz, the pictures, projector files, and TensorBoard
+summaries at the step of the weights evaluated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from cfal.data import datasets, pipeline
+from cfal.errors import UsageError
+from cfal.report import documents, tensorboard
+from cfal.training import build as build_lib
+from cfal.training.config import TrainConfig, dtype_policy
+from cfal.training.evaluator import (Evaluator, model_forward,
+                                     saved_model_forward)
+from cfal.training.strategy import make_strategy
+
+Printer = Callable[[str], None]
+SPLITS = ("test", "validation")
+CHECKPOINTS = ("latest", "best")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """What to evaluate.
+
+  Attributes:
+    logdir: the run directory train.py wrote.
+    split: "test" (the dataset's own test set) or "validation".
+    checkpoint: "latest", "best", or a checkpoint path.
+    saved_model: evaluate this exported SavedModel instead of a checkpoint.
+    batch_size: global eval batch.
+    gpus, cpu_replicas: devices, as for training.
+    output_dir: where results go (default `<logdir>/eval/<split>`).
+  """
+
+  logdir: str
+  split: str = "test"
+  checkpoint: str = "latest"
+  saved_model: str | None = None
+  batch_size: int = 256
+  gpus: int = 0
+  cpu_replicas: int = 0
+  output_dir: str | None = None
+
+
+def load_run_config(logdir: str | pathlib.Path) -> TrainConfig:
+  """The run's config, or a one-line error saying what is wrong."""
+  path = pathlib.Path(logdir)
+  if not path.is_dir():
+    raise UsageError(f"Run directory {path} does not exist; pass the "
+                     f"--logdir that train.py wrote.")
+  if not (path / "config.json").exists():
+    empty = not any(path.iterdir())
+    raise UsageError(f"{path} is {'empty' if empty else 'not a cfal run'}: "
+                     f"it has no config.json (train.py writes one).")
+  try:
+    return TrainConfig.load(path)
+  except (ValueError, KeyError, TypeError) as error:
+    raise UsageError(f"{path / 'config.json'} is not a cfal config: "
+                     f"{error}") from None
+
+
+def checkpoint_path(logdir: pathlib.Path, which: str) -> str:
+  """"latest", "best" or a path -> the checkpoint prefix to read."""
+  if which in CHECKPOINTS:
+    folder = logdir / "checkpoints"
+    if which == "best":
+      folder = folder / "best"
+    path = tf.train.latest_checkpoint(str(folder))
+    if path is None:
+      raise UsageError(f"{logdir} has no {which} checkpoint in {folder}; "
+                       f"train first (or pass --checkpoint=PATH).")
+    return path
+  if not tf.io.gfile.exists(which + ".index"):
+    raise UsageError(f"Checkpoint {which} not found (expected "
+                     f"{which}.index); use latest, best or a path.")
+  return which
+
+
+def check_split(run: TrainConfig, split: str) -> None:
+  """Refuses a split the run's data cannot have, before any data is read."""
+  if split not in SPLITS:
+    raise UsageError(f"Unknown --split={split!r}; choose test or "
+                     f"validation.")
+  # Image folders have no test split of their own (yet): say so before the
+  # folder is scanned, not after.
+  if split == "test" and run.data.name.startswith("folder:"):
+    raise UsageError(f"{run.data.name} has no test split; use "
+                     f"--split=validation.")
+
+
+def _split(data: datasets.DataBundle, split: str):
+  if split == "validation":
+    return data.source, data.validation_indices
+  if data.test_source is None:
+    raise UsageError(f"{data.name} has no test split; use "
+                     f"--split=validation.")
+  return data.test_source, np.arange(len(data.test_source))
+
+
+def saved_identity(path: str) -> str | None:
+  """The model identity a cfal checkpoint records (None if it has none)."""
+  reader = tf.train.load_checkpoint(path)
+  key = "model_identity/.ATTRIBUTES/VARIABLE_VALUE"
+  if not reader.has_tensor(key):
+    return None
+  return reader.get_tensor(key).decode()
+
+
+def evaluate_run(config: EvalConfig, *, echo: Printer = print) -> dict:
+  """Evaluates one run; returns the report (also written to disk)."""
+  run = load_run_config(config.logdir)
+  check_split(run, config.split)
+  with dtype_policy(run.run.mixed_precision):
+    return _evaluate(config, run, echo)
+
+
+def _evaluate(config: EvalConfig, run: TrainConfig, echo: Printer) -> dict:
+  logdir = pathlib.Path(config.logdir)
+  strategy = make_strategy(gpus=config.gpus, cpu_replicas=config.cpu_replicas)
+  if config.saved_model:
+    model = _load_saved_model(config.saved_model)
+    data = build_lib.load_data(run)
+    forward, metric = saved_model_forward(model), (
+        model.embedding_metric.numpy().decode())
+    prototypes = model.head.prototypes.numpy()
+    step = (int(model.step.numpy()) if hasattr(model, "step") else None)
+    origin = f"SavedModel {config.saved_model}" + (
+        f" (step {step})" if step is not None else "")
+  else:
+    path = checkpoint_path(logdir, config.checkpoint)
+    saved = saved_identity(path)
+    if saved is not None and saved != run.model.identity():
+      raise UsageError(f"Checkpoint {path} holds {saved}, but this run is "
+                       f"{run.model.identity()}: use that run's --logdir.")
+    built = build_lib.build(run, training=False, strategy=strategy)
+    data = built.data
+    try:
+      # Optimizer slots stay behind on purpose: evaluation needs the model.
+      built.checkpoint.read(path).assert_existing_objects_matched(
+      ).expect_partial()
+    except (AssertionError, ValueError, tf.errors.OpError) as error:
+      first = str(error).strip().splitlines()[0][:160]
+      raise UsageError(f"Checkpoint {path} does not match this run's model "
+                       f"(head={run.model.head}, backbone="
+                       f"{run.model.backbone}, embedding_dim="
+                       f"{run.model.embedding_dim}): {first}") from None
+    step = int(built.counters.step.numpy())
+    forward = model_forward(built.backbone, built.head)
+    metric = built.head.embedding_metric
+    prototypes = built.head.prototypes.numpy()
+    origin = f"checkpoint {path} (step {step})"
+  source, indices = _split(data, config.split)
+  dataset = pipeline.eval_dataset(source, indices,
+                                  batch_size=config.batch_size)
+  evaluator = Evaluator(strategy=strategy, forward=forward,
+                        class_names=data.class_names)
+  result = evaluator.evaluate(dataset)
+  report = documents.evaluation_report(
+      result, run=run, logdir=str(logdir), split=config.split, origin=origin,
+      metric=metric, step=step)
+  out = pathlib.Path(config.output_dir or logdir / "eval" / config.split)
+  documents.write_outputs(out, report, result, prototypes)
+  writer = tf.summary.create_file_writer(str(out))
+  tensorboard.write_evaluation(
+      writer, result, step=step if step is not None else 0,
+      title=documents.figure_title(report), prototypes=prototypes,
+      metric=metric, projector_dir=str(out.parent), projector_name=out.name,
+      projector_points=5000)
+  writer.close()
+  echo(documents.summary_table(report))
+  echo(f"Wrote {out}/: report.json, report.md, predictions.npz, "
+       f"confusion_matrix.png, embeddings.png, projector files.")
+  return report
+
+
+def _load_saved_model(path: str):
+  if not tf.io.gfile.exists(str(pathlib.Path(path) / "saved_model.pb")):
+    raise UsageError(f"{path} is not a SavedModel (no saved_model.pb).")
+  return tf.saved_model.load(path)

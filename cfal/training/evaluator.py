@@ -1,0 +1,143 @@
+"""The one evaluator: validation during training, eval.py and bench/ use it.
+
+A compiled, strategy-aware eval step runs the model over a dataset; the
+confusion counts and the loss are summed in the graph and reduced across
+replicas (and workers), so N replicas count exactly what one device would.
+The first `keep` embeddings, labels, predictions and scores come back to
+the host for pictures, the projector and retrieval metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from cfal.metrics.classification import (classification_report,
+                                         confusion_matrix_update)
+
+# images -> {"embeddings" [N, D], "predictions" [N], "scores" [N, C]} and,
+# with labels, "loss" (per-example [N]); run once per replica.
+Forward = Callable[..., dict]
+
+
+@dataclasses.dataclass
+class EvalResult:
+  """What one evaluation produced.
+
+  Attributes:
+    confusion: int64 `[C, C]` counts over every example (rows: labels),
+      summed over all replicas and workers.
+    loss: mean per-example loss (NaN when the model has no loss, as a
+      SavedModel).
+    report: `classification_report` of `confusion`, plus "loss".
+    embeddings, labels, predictions, scores: this worker's first `keep`
+      examples, in dataset order.
+  """
+
+  confusion: np.ndarray
+  loss: float
+  report: dict
+  embeddings: np.ndarray
+  labels: np.ndarray
+  predictions: np.ndarray
+  scores: np.ndarray
+
+
+class Evaluator:
+  """Runs a dataset through a model under a strategy and reduces the counts.
+
+  Args:
+    strategy: the strategy the model's variables live under.
+    forward: the per-replica model call (see `model_forward`,
+      `saved_model_forward`).
+    class_names: one name per class.
+    keep: how many examples' embeddings etc. to bring back (None: all).
+    mode: "function" (compiled) or "eager".
+  """
+
+  def __init__(self, *, strategy: tf.distribute.Strategy, forward: Forward,
+               class_names: Sequence[str], keep: int | None = None,
+               mode: str = "function"):
+    self.strategy = strategy
+    self.forward = forward
+    self.class_names = tuple(class_names)
+    self.num_classes = len(self.class_names)
+    self.keep = keep
+    step = self._step
+    self._compiled = (step if mode == "eager" else
+                      tf.function(step, autograph=False,
+                                  reduce_retracing=True))
+
+  def _replica(self, images, labels):
+    out = self.forward(images, labels)
+    confusion = confusion_matrix_update(labels, out["predictions"],
+                                        self.num_classes)
+    loss = out.get("loss")
+    loss_sum = (tf.reduce_sum(loss) if loss is not None
+                else tf.constant(np.nan, tf.float32))
+    return (confusion, loss_sum, out["embeddings"], labels,
+            out["predictions"], out["scores"])
+
+  def _step(self, images, labels):
+    confusion, loss, *kept = self.strategy.run(
+        tf.autograph.experimental.do_not_convert(self._replica),
+        args=(images, labels))
+    total = lambda v: self.strategy.reduce(  # noqa: E731
+        tf.distribute.ReduceOp.SUM, v, axis=None)
+    return total(confusion), total(loss), kept
+
+  def evaluate(self, dataset: tf.data.Dataset) -> EvalResult:
+    """Evaluates every batch of `dataset` (of `(images, labels)`)."""
+    strategy = self.strategy
+    confusion = np.zeros((self.num_classes, self.num_classes), np.int64)
+    loss_sum = 0.0
+    parts: list[list[np.ndarray]] = [[], [], [], []]
+    kept = 0
+    for images, labels in strategy.experimental_distribute_dataset(dataset):
+      counts, loss, values = self._compiled(images, labels)
+      confusion += counts.numpy().astype(np.int64)
+      loss_sum += float(loss)
+      if self.keep is not None and kept >= self.keep:
+        continue
+      local = [strategy.experimental_local_results(v) for v in values]
+      for replica in zip(*local):
+        for part, value in zip(parts, replica):
+          part.append(value.numpy())
+        kept += int(replica[1].shape[0])
+    arrays = [np.concatenate(p) if p else np.zeros((0,)) for p in parts]
+    if self.keep is not None:
+      arrays = [a[:self.keep] for a in arrays]
+    embeddings, labels, predictions, scores = arrays
+    report = classification_report(confusion, self.class_names)
+    loss = loss_sum / max(int(confusion.sum()), 1)
+    report["loss"] = loss
+    return EvalResult(confusion=confusion, loss=loss, report=report,
+                      embeddings=embeddings.astype(np.float32),
+                      labels=labels.astype(np.int64),
+                      predictions=predictions.astype(np.int64),
+                      scores=scores.astype(np.float32))
+
+
+def model_forward(backbone, head) -> Forward:
+  """The forward pass of a backbone + head (inference mode, float32)."""
+  def forward(images, labels):
+    embeddings = tf.cast(backbone(images, training=False), tf.float32)
+    return {"embeddings": embeddings, "predictions": head.predict(embeddings),
+            "scores": head(embeddings),
+            "loss": head.loss(embeddings, labels)}
+  return forward
+
+
+def saved_model_forward(model) -> Forward:
+  """The forward pass of an exported cfal SavedModel (`classify`); it has
+  no loss."""
+  def forward(images, labels):
+    del labels
+    out = model.classify(images)
+    return {"embeddings": out["embeddings"],
+            "predictions": tf.cast(out["class_ids"], tf.int32),
+            "scores": out["scores"]}
+  return forward

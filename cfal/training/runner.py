@@ -1,0 +1,161 @@
+"""`train(config)`: build, restore, then hand the run to the controller.
+
+The one function train.py calls. It puts the pieces together in the
+order the data flows: config -> build (strategy, data, model, optimizer,
+checkpoint) -> restore -> controller (train loop, evaluator, actions) ->
+event files, checkpoints and the export.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import tempfile
+from typing import Callable
+
+import tensorflow as tf
+
+from cfal.errors import UsageError
+from cfal.report import tensorboard
+from cfal.training import build as build_lib
+from cfal.training.actions import (BestModel, ExportModel, Preemption,
+                                   SaveCheckpoint, check_workers_agree)
+from cfal.training.config import TrainConfig, dtype_policy, op_determinism
+from cfal.training.controller import Actions, Controller, RunResult
+from cfal.training.run_dir import RunLock, check_run_dir, write_atomically
+from cfal.training.strategy import slow_bfloat16_note
+
+Printer = Callable[[str], None]
+
+
+def train(config: TrainConfig, *, echo: Printer = print) -> RunResult:
+  """Trains as `config` says; resumes if `config.run.logdir` has a run.
+
+  The Keras dtype policy that `mixed_precision` needs is set for the run
+  and restored afterwards; so is TensorFlow's op determinism, which
+  `deterministic` turns on.
+
+  Raises:
+    UsageError: a configuration that cannot work, or a run directory in
+      use by another live run or holding another run's settings.
+    DataError: missing or bad data.
+    TrainingError: a non-finite step, or a checkpoint that could not be
+      written; the last complete checkpoint is intact.
+    Interrupted: SIGTERM/SIGINT arrived on any worker; a checkpoint was
+      saved first.
+  """
+  run = config.run
+  if run.skip_nonfinite_steps < 0:
+    raise UsageError(f"--skip_nonfinite_steps ({run.skip_nonfinite_steps}) "
+                     f"must be >= 0.")
+  with dtype_policy(run.mixed_precision), op_determinism(run.deterministic):
+    strategy = build_lib.build_strategy(config)
+    mode = build_lib.resolve_step_mode(run.step_mode, strategy,
+                                       deterministic=run.deterministic)
+    logdir = pathlib.Path(run.logdir)
+    if not build_lib.is_chief(strategy):
+      # Every worker takes part in saving (it runs collectives), but only
+      # the chief writes the run directory; the others write to scratch.
+      scratch = pathlib.Path(tempfile.mkdtemp(prefix="cfal-worker-"))
+      if (logdir / "checkpoints").exists():
+        shutil.copytree(logdir / "checkpoints", scratch / "checkpoints")
+      try:
+        return _train(config, strategy, mode, logdir, scratch,
+                      lambda _: None, chief=False)
+      finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    slow_note = slow_bfloat16_note(run.mixed_precision)
+    if slow_note:
+      echo(f"warning: {slow_note}")
+    with RunLock(logdir):
+      return _train(config, strategy, mode, logdir, logdir, echo, chief=True)
+
+
+def _train(config: TrainConfig, strategy: tf.distribute.Strategy, mode: str,
+           logdir: pathlib.Path, outdir: pathlib.Path, echo: Printer, *,
+           chief: bool) -> RunResult:
+  """One run, writing into `outdir` (the run directory, or a non-chief
+  worker's scratch copy of it)."""
+  config = check_run_dir(logdir, config)
+  built = build_lib.build(config, strategy=strategy)
+  for note in built.data.notes:
+    echo(f"note: {note}")
+  latest = SaveCheckpoint(built, outdir / "checkpoints", max_to_keep=3)
+  best = SaveCheckpoint(built, outdir / "checkpoints" / "best", max_to_keep=1)
+  resumed = latest.restore(outdir)
+  if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    check_workers_agree(strategy, int(built.counters.step.numpy()))
+  start = int(built.counters.step.numpy())
+  if resumed:
+    echo(f"Resuming {logdir} at step {start}.")
+  write_atomically(outdir / "config.json", config.to_json())
+
+  run, data = config.run, built.data
+  writer = tf.summary.create_file_writer(str(outdir / "train"))
+  validation_writer = tf.summary.create_file_writer(
+      str(outdir / "validation"))
+  tensorboard.write_hparams(writer, hparams(config, mode))
+  steps = build_lib.train_steps(built, mode)
+  evaluator = build_lib.model_evaluator(built, keep=run.projector_points,
+                                        mode=mode)
+  title = (f"{config.model.head} head, {config.model.backbone} on "
+           f"{data.name} - validation")
+
+  def on_validation(result, step):
+    tensorboard.write_evaluation(
+        validation_writer, result, step=step, title=f"{title}, step {step}",
+        prototypes=built.head.prototypes.numpy(),
+        metric=built.head.embedding_metric, projector_dir=str(outdir),
+        projector_name="validation")
+
+  iterator = build_lib.train_iterator(built, start)
+  echo(f"Training {config.model.backbone} + {config.model.head} on "
+       f"{data.name}: {len(data.train_indices)} training / "
+       f"{len(data.validation_indices)} validation images, "
+       f"{data.num_classes} classes; {built.total_steps} steps of "
+       f"{run.batch_size} ({built.per_epoch} per epoch), "
+       f"{strategy.num_replicas_in_sync} replica(s), step mode "
+       f"{steps.mode}.")
+  controller = Controller(
+      built=built, steps=steps, iterator=iterator,
+      validate=lambda: evaluator.evaluate(
+          build_lib.validation_dataset(built)),
+      on_validation=on_validation,
+      actions=Actions(checkpoint=latest,
+                      best=BestModel(built, best,
+                                     run.early_stopping_patience),
+                      export=ExportModel(built, outdir / "export", best),
+                      preemption=Preemption(strategy)),
+      writer=writer, echo=echo)
+  try:
+    step, stopped_early, export_path = controller.run()
+  finally:
+    writer.flush()
+    validation_writer.flush()
+  echo(f"Done. TensorBoard logs: {logdir}  (view: tensorboard --logdir "
+       f"{logdir} --host 127.0.0.1)")
+  echo(f"Checkpoints: {logdir / 'checkpoints'} (best: "
+       f"{logdir / 'checkpoints' / 'best'});  export: {export_path}")
+  return RunResult(logdir=logdir, step=step,
+                   validation=controller.last_eval,
+                   best_balanced_accuracy=float(built.counters.best.numpy()),
+                   export_path=export_path if chief else None,
+                   stopped_early=stopped_early, history=controller.history,
+                   is_chief=chief)
+
+
+def hparams(config: TrainConfig, mode: str) -> dict:
+  """The run's hyper-parameters for TensorBoard's HParams tab."""
+  values = {"head": config.model.head, "backbone": config.model.backbone,
+            "embedding_dim": config.model.embedding_dim,
+            "dataset": config.data.name,
+            "imbalance_ratio": config.data.imbalance_ratio,
+            "batch_size": config.run.batch_size,
+            "learning_rate": config.optimizer.learning_rate,
+            "optimizer": config.optimizer.name, "step_mode": mode,
+            "mixed_precision": config.run.mixed_precision,
+            "seed": config.run.seed}
+  values.update({f"head_{k}": v for k, v in config.model.head_args.items()})
+  values.update({f"backbone_{k}": v
+                 for k, v in config.model.backbone_args.items()})
+  return values

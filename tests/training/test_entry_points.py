@@ -1,0 +1,81 @@
+"""What the entry points do to the process before TensorFlow loads."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+from cfal import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+
+
+def _python(code: str, env_drop=("TF_ENABLE_ONEDNN_OPTS",)) -> str:
+  env = {k: v for k, v in os.environ.items() if k not in env_drop}
+  return subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+                        cwd=ROOT, env=env, capture_output=True, text=True,
+                        check=True).stdout.strip()
+
+
+def test_importing_cfal_leaves_the_environment_alone():
+  # Importing the library used to turn oneDNN on as a side effect, so
+  # TensorFlow behaved differently depending on import order.
+  out = _python("""
+      import os
+      import cfal, cfal.heads
+      print(os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"))
+  """)
+  assert out == "unset"
+
+
+def test_the_entry_points_turn_onednn_on_unless_told_not_to():
+  assert _python("""
+      import os
+      from cfal import cli
+      cli.prepare_environment()
+      print(os.environ["TF_ENABLE_ONEDNN_OPTS"])
+  """) == "1"
+  env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0")
+  out = subprocess.run(
+      [sys.executable, "-c", "import os; from cfal import cli; "
+       "cli.prepare_environment(); print(os.environ['TF_ENABLE_ONEDNN_OPTS'])"],
+      cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "0"
+
+
+def test_the_filtered_import_drops_known_noise_and_keeps_errors(tmp_path):
+  # A module that prints, at import time and on file descriptor 2 as
+  # native code does, TensorFlow's banners and an error a GPU machine
+  # could print. The filter must keep the error line (the old quiet
+  # import silenced all of stderr).
+  (tmp_path / "noisy_native.py").write_text(textwrap.dedent("""
+      import os
+      os.write(2, b"WARNING: All log messages before absl::InitializeLog() "
+                  b"is called are written to STDERR\\n")
+      os.write(2, b"I0000 00:00:1.0 1 port.cc:153] oneDNN custom operations "
+                  b"are on. You may see slightly different numerical results\\n")
+      os.write(2, b"E0000 00:00:2.0 1 cuda_driver.cc:97] failed call to "
+                  b"cuInit: CUDA_ERROR_NO_DEVICE\\n")
+      os.write(2, b"I0000 cpu_feature_guard.cc:227] This TensorFlow binary is "
+                  b"optimized to use available CPU instructions in x.\\n")
+  """))
+  code = f"""
+      import sys
+      sys.path.insert(0, {str(tmp_path)!r})
+      from cfal import cli
+      cli.import_filtered("noisy_native")
+  """
+  result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+                          cwd=ROOT, capture_output=True, text=True,
+                          check=True)
+  lines = result.stderr.strip().splitlines()
+  assert lines == ["E0000 00:00:2.0 1 cuda_driver.cc:97] failed call to "
+                   "cuInit: CUDA_ERROR_NO_DEVICE"]
+
+
+def test_noise_patterns_match_only_the_banners():
+  assert cli._NOISE.search("I0000 port.cc:153] oneDNN custom operations are "
+                           "on. You may see")
+  assert not cli._NOISE.search("E0000 failed to load libcudnn.so.9")
+  assert not cli._NOISE.search("Could not load dynamic library 'libcudart'")
