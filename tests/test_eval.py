@@ -131,3 +131,53 @@ def test_eval_py_missing_run_exits_2_with_one_line(tmp_path):
   assert done.returncode == 2
   lines = done.stderr.strip().splitlines()
   assert len(lines) == 1 and "does not exist" in lines[0], done.stderr
+
+
+def _event_steps(folder: pathlib.Path) -> dict[str, set[int]]:
+  """Tag -> steps written, from the event files in `folder`."""
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=import-outside-toplevel
+  steps: dict[str, set[int]] = {}
+  for path in folder.glob("events.out.tfevents.*"):
+    acc = event_accumulator.EventAccumulator(str(path), size_guidance={
+        event_accumulator.TENSORS: 0, event_accumulator.IMAGES: 0})
+    acc.Reload()
+    for tag in acc.Tags()["tensors"]:
+      steps.setdefault(tag, set()).update(e.step for e in acc.Tensors(tag))
+  return steps
+
+
+def test_eval_summaries_are_written_at_the_checkpoints_step(runs):
+  # They were written at step 0: a trained model's confusion matrix sat
+  # where an untrained one's belongs, and there were no scalars.
+  out = runs["cfal"] / "eval" / "validation"
+  evaluation.evaluate_run(
+      evaluation.EvalConfig(logdir=str(runs["cfal"]), split="validation"),
+      echo=lambda _: None)
+  steps = _event_steps(out)
+  for tag in ("confusion_matrix", "embeddings", "accuracy",
+              "balanced_accuracy", "macro_f1", "loss"):
+    assert steps.get(tag) == {20}, (tag, steps.get(tag))
+  saved = json.loads((out / "report.json").read_text())
+  assert saved["step"] == 20
+
+
+def test_folder_runs_refuse_the_test_split_before_reading_the_folder(
+    tmp_path):
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from cfal.data.datasets import DataConfig  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  root = tmp_path / "tiles"
+  for c, name in enumerate(["stroma", "tumour"]):
+    (root / name).mkdir(parents=True)
+    for i in range(10):
+      Image.fromarray((rng.random((20, 20)) * 100 + 80 * c).astype(
+          np.uint8)).save(root / name / f"{i}.png")
+  config = small_config(tmp_path / "run", data=DataConfig(
+      name=f"folder:{root}", image_size=20, validation_split=0.2),
+      train_steps=2, steps_per_loop=1, batch_size=4)
+  train(config, echo=lambda _: None)
+  shutil.rmtree(root)   # nothing may be read: the answer needs no data
+  message = _one_line_usage_error(lambda: evaluation.evaluate_run(
+      evaluation.EvalConfig(logdir=str(tmp_path / "run"), split="test"),
+      echo=lambda _: None))
+  assert message == f"folder:{root} has no test split; use --split=validation."

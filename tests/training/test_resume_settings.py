@@ -1,0 +1,62 @@
+"""A run directory holds one run's settings: resume refuses others."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from cfal.errors import UsageError
+from cfal.training.runner import train
+from training_utils import small_config
+
+
+def _with(config, *, head_args=None, **optimizer):
+  model = config.model
+  if head_args is not None:
+    model = dataclasses.replace(model, head_args=head_args)
+  return dataclasses.replace(
+      config, model=model,
+      optimizer=dataclasses.replace(config.optimizer, **optimizer))
+
+
+def test_changed_head_and_optimizer_settings_are_refused_then_recorded(
+    tmp_path):
+  config = small_config(tmp_path, head="arcface",
+                        head_args={"scale": 16.0, "margin": 0.3},
+                        train_steps=10, steps_per_loop=5)
+  train(config, echo=lambda _: None)
+  saved = (tmp_path / "config.json").read_text()
+  longer = dataclasses.replace(config, run=dataclasses.replace(
+      config.run, train_steps=20))
+  changed = _with(longer, head_args={"scale": 16.0, "margin": 0.5},
+                  learning_rate=0.01)
+  with pytest.raises(UsageError) as error:
+    train(changed, echo=lambda _: None)
+  message = str(error.value)
+  assert "\n" not in message
+  assert "head_args.margin 0.3 -> 0.5" in message
+  assert "optimizer.learning_rate 0.002 -> 0.01" in message
+  assert "--allow_config_change" in message
+  # Refused before anything was written: the run's record is untouched.
+  assert (tmp_path / "config.json").read_text() == saved
+
+  allowed = dataclasses.replace(changed, run=dataclasses.replace(
+      changed.run, allow_config_change=True))
+  result = train(allowed, echo=lambda _: None)
+  assert result.step == 20
+  record = json.loads((tmp_path / "config.json").read_text())
+  assert record["model"]["head_args"]["margin"] == 0.5
+  assert record["changes"] == [{"step": 10, "changed": {
+      "head_args.margin": [0.3, 0.5],
+      "optimizer.learning_rate": [0.002, 0.01]}}]
+
+
+def test_a_new_head_option_counts_as_a_change(tmp_path):
+  config = small_config(tmp_path, head="cosface", train_steps=4,
+                        steps_per_loop=2)
+  train(config, echo=lambda _: None)
+  focal = _with(config, head_args={"gamma": 2.0})
+  with pytest.raises(UsageError, match=r"head_args\.gamma unset -> 2\.0"):
+    train(focal, echo=lambda _: None)
