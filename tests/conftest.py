@@ -21,20 +21,6 @@ tf.config.set_logical_device_configuration(
     _cpu, [tf.config.LogicalDeviceConfiguration()] * NUM_LOGICAL_CPUS)
 
 
-def mirrored_strategy(replicas: int) -> tf.distribute.MirroredStrategy:
-  """A MirroredStrategy over the first `replicas` logical CPUs.
-
-  Strategies made in one process share collective group keys; a test that
-  makes several (of different sizes) would join mismatched groups. Moving
-  the key base for each new strategy is what TensorFlow's own
-  strategy_combinations does. A training run makes one strategy and never
-  needs this.
-  """
-  tf.distribute.MirroredStrategy._collective_key_base += 100_000
-  return tf.distribute.MirroredStrategy(
-      [f"/cpu:{i}" for i in range(replicas)])
-
-
 @pytest.fixture(autouse=True)
 def _fresh_collective_keys():
   """Strategies made by code under test (train()) get unshared group keys."""

@@ -10,7 +10,7 @@ import pytest
 from cfal.heads import parts
 from cfal.training import build
 from cfal.training.runner import train
-from training_utils import train_script
+from support.training import train_script
 
 TRAIN = train_script()
 

@@ -9,7 +9,7 @@ import pytest
 
 from cfal.errors import UsageError
 from cfal.training.runner import train
-from training_utils import small_config
+from support.training import small_config
 
 
 def _with(config, *, head_args=None, **optimizer):

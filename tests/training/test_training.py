@@ -19,9 +19,9 @@ from tensorboard.backend.event_processing import event_accumulator
 import cfal.heads
 from cfal.errors import UsageError
 from cfal.training.runner import train
-from training_utils import checkpoint_weights, replace_run, small_config
+from support.training import checkpoint_weights, replace_run, small_config
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 HEAD_ARGS = {
     "arcface": {"scale": 16.0}, "cosface": {"scale": 16.0},
@@ -228,7 +228,7 @@ def _two_workers(logdirs, train_steps):
   script = textwrap.dedent(f"""
       import json, sys
       sys.path.insert(0, {str(ROOT / 'tests')!r})
-      from training_utils import small_config
+      from support.training import small_config
       from cfal import cli
       from cfal.training.runner import train
       config = small_config(sys.argv[1], head="center_loss",

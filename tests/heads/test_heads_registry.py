@@ -18,7 +18,7 @@ import cfal.heads as heads
 from cfal.heads import (ClassWeights, FocalModulation, PrototypeSpread,
                         build_head, registry)
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 C, D = 5, 8
 COUNTS = [400, 120, 40, 12, 1]
 NAMES = ", ".join(sorted(registry.HEADS))

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from cfal.training.build import build_head
-from training_utils import train_script
+from support.training import train_script
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 RECIPES = sorted(p for p in (ROOT / "flags").rglob("*.flags")
                  if p.name != "common.flags")
 

@@ -1,4 +1,4 @@
-"""eval.py and cfal.evaluation on short real runs."""
+"""eval.py and cfal.training.evaluate on short real runs."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from cfal.report import documents
 from cfal.training import evaluate as evaluation
 from cfal.errors import UsageError
 from cfal.training.runner import train
-from training_utils import small_config
+from support.training import small_config
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 import cfal.heads as heads
-import reference as ref
+from support import reference as ref
 from cfal.heads import ClassWeights, FocalModulation, PrototypeSpread
 from test_heads_reference import (C, D, N, affinity_case, assert_finite,
                                   check_grad, check_loss, linear_case,

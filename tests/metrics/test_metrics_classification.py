@@ -11,7 +11,7 @@ from sklearn import metrics as skm
 
 from cfal.metrics import (ConfusionMatrix, classification_report,
                           confusion_matrix_update)
-from conftest import mirrored_strategy
+from support.strategies import mirrored_strategy
 
 
 def _sklearn_report(y_true: np.ndarray, y_pred: np.ndarray,

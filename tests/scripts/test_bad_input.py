@@ -12,7 +12,7 @@ from PIL import Image
 
 from cfal.heads import registry
 from cfal.training.runner import train
-from training_utils import small_config, train_script
+from support.training import small_config, train_script
 
 TRAIN = train_script()
 COMMON = ["--train_steps=2", "--steps_per_loop=1", "--batch_size=8",

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 import cfal.heads as heads
-import reference as ref
+from support import reference as ref
 
 C, D, N = 5, 6, 10
 

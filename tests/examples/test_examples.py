@@ -15,9 +15,9 @@ import pytest
 
 import cfal.data
 import cfal.heads
-from conftest import mirrored_strategy
+from support.strategies import mirrored_strategy
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 EXAMPLES = ["custom_loop.py", "keras_train_step.py"]
 _STEP = re.compile(r"^step (\d+) loss ([-+.\deE]+) accuracy ([.\d]+)$", re.M)
 _TEST = re.compile(r"^test accuracy ([.\d]+)$", re.M)

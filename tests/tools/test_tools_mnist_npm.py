@@ -23,7 +23,7 @@ import pytest
 from cfal.data import DataError, load_mnist, read_idx
 from cfal.data import mnist
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "mnist_npm.py"
 
 

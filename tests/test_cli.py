@@ -7,8 +7,7 @@ import textwrap
 
 from cfal import cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _python(code: str, env_drop=("TF_ENABLE_ONEDNN_OPTS",)) -> str:

@@ -1,7 +1,7 @@
 """Crash safety: kills at chosen points, signals, the run lock, full disks.
 
 Every run here is real training on real Fashion-MNIST. A run is killed
-with SIGKILL at one point (tests/fault_driver.py), rerun with the same
+with SIGKILL at one point (tests/support/fault_driver.py), rerun with the same
 configuration, and must end bit-identical to an uninterrupted run, with the
 same validation metrics, under `deterministic=True`.
 """
@@ -21,10 +21,10 @@ import pytest
 import tensorflow as tf
 
 from cfal.training.runner import train
-from training_utils import checkpoint_weights, small_config
+from support.training import checkpoint_weights, small_config
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-DRIVER = pathlib.Path(__file__).resolve().parent / "fault_driver.py"
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+DRIVER = ROOT / "tests" / "support" / "fault_driver.py"
 
 
 def deterministic_config(logdir, **run):

@@ -14,8 +14,8 @@ import tensorflow as tf
 
 import cfal.heads as heads
 from cfal.heads import registry
-from conftest import mirrored_strategy
-from head_cases import CASES, EMBEDDING_DIM, NUM_CLASSES, make_head
+from support.strategies import mirrored_strategy
+from support.head_cases import CASES, EMBEDDING_DIM, NUM_CLASSES, make_head
 
 ALL_CASES = sorted(CASES)
 BATCH = 16
@@ -323,7 +323,7 @@ def test_num_classes_must_be_at_least_two():
 
 
 def test_library_never_imports_flags():
-  root = pathlib.Path(__file__).resolve().parents[1] / "cfal"
+  root = pathlib.Path(__file__).resolve().parents[2] / "cfal"
   for path in root.rglob("*.py"):
     for node in ast.walk(ast.parse(path.read_text())):
       names = []

@@ -1,7 +1,7 @@
 """Independent float64 NumPy reference implementations of the cfal loss heads.
 
 Written from the papers' formulas (not from the library code) and used by
-``tests/test_heads_reference.py`` to check values and gradients of the
+``tests/heads/test_heads_reference.py`` to check values and gradients of the
 TensorFlow heads.  Everything here works on float64 arrays; every loss
 function returns the per-example loss, shape [N].
 

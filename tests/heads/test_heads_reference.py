@@ -2,7 +2,7 @@
 
 For every head: per-example loss values, gradients of sum(loss) with respect
 to the embeddings and to the variables (TensorFlow autodiff vs central finite
-differences of ``tests/reference.py``), ``__call__`` scores and ``predict``.
+differences of ``tests/support/reference.py``), ``__call__`` scores and ``predict``.
 Plus hard cases (zero / duplicated embeddings, embeddings on their
 prototype, cos = +-1, wide angles, extreme sigma, strong class imbalance),
 the CenterLoss ``update`` rule and half-precision inputs.
@@ -19,10 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-try:
-    from tests import reference as ref
-except ImportError:                     # tests/ not importable as a package
-    import reference as ref
+from support import reference as ref
 
 C, D, N = 5, 6, 8
 GRAD_RTOL = 1e-3

@@ -1,6 +1,6 @@
 """Runs a real training run and makes it fail at one chosen point.
 
-    python tests/fault_driver.py CONFIG_JSON POINT
+    python tests/support/fault_driver.py CONFIG_JSON POINT
 
 CONFIG_JSON is a `TrainConfig.to_json()` file. POINT is `name:N`, the N-th
 time the run gets there (1-based):
@@ -135,7 +135,7 @@ def install(point: str) -> None:
 def main(argv: list[str]) -> int:
   config_path, point = argv[1], argv[2]
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
   from cfal import cli  # pylint: disable=import-outside-toplevel
 
   def body() -> None:

@@ -51,7 +51,7 @@ def train_script():
   """train.py as a module, loaded once per process (absl flags can only be
   defined once)."""
   if "train_script" not in sys.modules:
-    root = pathlib.Path(__file__).resolve().parents[1]
+    root = pathlib.Path(__file__).resolve().parents[2]
     spec = importlib.util.spec_from_file_location("train_script",
                                                   root / "train.py")
     module = importlib.util.module_from_spec(spec)

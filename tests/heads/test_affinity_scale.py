@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import cfal.heads as heads
-from direct_affinity import (direct_affinity_loss, direct_similarities,
+from support.direct_affinity import (direct_affinity_loss, direct_similarities,
                              direct_spread)
 
 
