@@ -16,6 +16,7 @@ import pytest
 import cfal.data
 from cfal.data import DataError, load_mnist
 from cfal.data import mnist
+from support.data import assert_one_line, isolated_mnist  # noqa: F401  (the `isolated` fixture)
 
 SIDE = 28
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -40,23 +41,6 @@ def small_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
   rng = np.random.default_rng(seed)
   return (rng.integers(0, 256, (n, SIDE, SIDE), dtype=np.uint8),
           rng.integers(0, 10, n, dtype=np.uint8))
-
-
-def assert_one_line(err: pytest.ExceptionInfo) -> str:
-  msg = str(err.value)
-  assert msg and "\n" not in msg
-  return msg
-
-
-@pytest.fixture
-def isolated(monkeypatch, tmp_path):
-  """Hides every real copy: empty env dir, no Keras cache, no cfal cache."""
-  env = tmp_path / "env"
-  env.mkdir()
-  monkeypatch.setenv("CFAL_DATA_DIR", str(env))
-  monkeypatch.setattr(mnist, "KERAS_CACHE_DIR", str(tmp_path / "keras"))
-  monkeypatch.setattr(mnist, "CACHE_DIR", str(tmp_path / "cfal-cache"))
-  return env
 
 
 # --- load_mnist: search path, formats, errors

@@ -22,6 +22,7 @@ import pytest
 
 from cfal.data import DataError, load_mnist, read_idx
 from cfal.data import mnist
+from support.data import assert_one_line, isolated_mnist  # noqa: F401  (the `isolated` fixture)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "mnist_npm.py"
@@ -46,23 +47,6 @@ NPM_COUNTS = (1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978)
 FAKE_COUNTS = tuple(7 + d for d in range(10))
 FAKE_TEST = sum(round(n / 7) for n in FAKE_COUNTS)
 FAKE_TRAIN = sum(FAKE_COUNTS) - FAKE_TEST
-
-
-def assert_one_line(err: pytest.ExceptionInfo) -> str:
-  msg = str(err.value)
-  assert msg and "\n" not in msg
-  return msg
-
-
-@pytest.fixture
-def isolated(monkeypatch, tmp_path):
-  """Hides every real copy: empty env dir, no Keras cache, no cfal cache."""
-  env = tmp_path / "env"
-  env.mkdir()
-  monkeypatch.setenv("CFAL_DATA_DIR", str(env))
-  monkeypatch.setattr(mnist, "KERAS_CACHE_DIR", str(tmp_path / "keras"))
-  monkeypatch.setattr(mnist, "CACHE_DIR", str(tmp_path / "cfal-cache"))
-  return env
 
 
 # --- A small synthetic npm-like package
