@@ -139,6 +139,7 @@ class Preemption:
     self.stops = StopRequests()
     self._multi_worker = isinstance(
         strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    self._sum = _cluster_sum(strategy) if self._multi_worker else None
     self.signum: int | None = None
 
   def __enter__(self) -> "Preemption":
@@ -154,9 +155,8 @@ class Preemption:
       self.signum = self.stops.signum
       return self.signum is not None
     # One flag per signal kind, summed over every replica of every worker.
-    mine = tf.constant([float(self.stops.signum == s) for s in SIGNALS])
-    seen = self.strategy.reduce(tf.distribute.ReduceOp.SUM,
-                                self.strategy.run(lambda: mine), axis=None)
+    seen = self._sum(tf.constant(
+        [float(self.stops.signum == s) for s in SIGNALS]))
     hits = [s for s, n in zip(SIGNALS, seen.numpy()) if n > 0]
     self.signum = int(hits[0]) if hits else None
     return self.signum is not None
@@ -172,15 +172,29 @@ class Preemption:
 
 def check_workers_agree(strategy: tf.distribute.Strategy, step: int) -> None:
   """Every worker must restore the same step, or they train different runs."""
-  mine = tf.constant(float(step))
-  total = strategy.reduce(tf.distribute.ReduceOp.SUM,
-                          strategy.run(lambda: mine), axis=None)
+  total = _cluster_sum(strategy)(tf.constant(float(step)))
   replicas = strategy.num_replicas_in_sync
   if float(total) != step * replicas:
     raise TrainingError(f"This worker restored step {step} but the workers "
                         f"average {float(total) / replicas:g}: every worker "
                         f"must read the chief's checkpoints, so put --logdir "
                         f"on a filesystem they all share.")
+
+
+def _cluster_sum(strategy: tf.distribute.Strategy):
+  """A compiled function: `values` summed over every replica of every
+  worker. Eager `strategy.run` is slow under MultiWorkerMirroredStrategy
+  and makes TensorFlow print a warning on stderr (five per process); each
+  replica takes its own copy (`tf.identity`), or a worker with several
+  replicas would hand the reduction one value, not one per replica."""
+
+  @tf.function(autograph=False)
+  def cluster_sum(values):
+    per_replica = strategy.run(lambda: tf.identity(values))
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica,
+                           axis=None)
+
+  return cluster_sum
 
 
 def _os_reason(error: Exception) -> str:
