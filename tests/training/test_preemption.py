@@ -21,7 +21,6 @@ import pathlib
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -31,6 +30,8 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+
+from support.cluster import free_ports, tf_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -84,29 +85,17 @@ TIMEOUT = 300   # seconds per launch of both workers
 _NATIVE_LOG = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] ")
 
 
-def _free_ports(n):
-  sockets = [socket.socket() for _ in range(n)]
-  for s in sockets:
-    s.bind(("127.0.0.1", 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
-
-
 class _Workers:
   """Both workers of one launch; stdout lines are collected as they come,
   stderr goes to files in `outdir`."""
 
   def __init__(self, logdir: pathlib.Path, outdir: pathlib.Path, name: str):
-    workers = [f"127.0.0.1:{p}" for p in _free_ports(2)]
+    workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
     script = WORKER.format(module=TRAIN_MODULE, head=HEAD, run=RUN)
     self.procs, self.lines, self.errs, self.readers = [], [], [], []
     self.chief_lines = queue.Queue()
     for index in range(2):
-      env = dict(os.environ, TF_CONFIG=json.dumps(
-          {"cluster": {"worker": workers},
-           "task": {"type": "worker", "index": index}}))
+      env = dict(os.environ, TF_CONFIG=tf_config(workers, index))
       self.errs.append(outdir / f"{name}-worker{index}.stderr")
       with open(self.errs[-1], "w") as stderr:
         self.procs.append(subprocess.Popen(

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,7 @@ import cfal.heads
 from cfal.errors import UsageError
 from cfal.training.runner import train
 from support.training import checkpoint_weights, replace_run, small_config
+from support.cluster import free_ports, tf_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -210,20 +210,10 @@ def test_more_gpus_than_exist_is_a_one_line_usage_error(tmp_path):
   assert len(lines) == 1 and "--gpus=4" in lines[0] and "GPU" in lines[0]
 
 
-def _free_ports(n):
-  sockets = [socket.socket() for _ in range(n)]
-  for s in sockets:
-    s.bind(("127.0.0.1", 0))
-  ports = [s.getsockname()[1] for s in sockets]
-  for s in sockets:
-    s.close()
-  return ports
-
-
 def _two_workers(logdirs, train_steps):
   """Runs a 2-worker MultiWorkerMirroredStrategy run on 127.0.0.1; returns
   each worker's (exit code, RESULT dict or None, stderr)."""
-  ports = _free_ports(2)
+  ports = free_ports(2)
   workers = [f"127.0.0.1:{p}" for p in ports]
   script = textwrap.dedent(f"""
       import json, sys
@@ -243,9 +233,7 @@ def _two_workers(logdirs, train_steps):
       """)
   procs = []
   for index, logdir in enumerate(logdirs):
-    env = dict(os.environ, TF_CONFIG=json.dumps(
-        {"cluster": {"worker": workers},
-         "task": {"type": "worker", "index": index}}))
+    env = dict(os.environ, TF_CONFIG=tf_config(workers, index))
     procs.append(subprocess.Popen([sys.executable, "-c", script, str(logdir)],
                                   env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True))
