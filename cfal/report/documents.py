@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -19,7 +19,9 @@ from cfal.metrics.embedding import compactness_separation, retrieval_metrics
 
 
 def evaluation_report(result: Any, *, run: Any, logdir: str, split: str,
-                      origin: str, metric: str, step: int | None) -> dict:
+                      origin: str, metric: str, step: int | None,
+                      progress: Callable[[int, int], None] | None = None
+                      ) -> dict:
   """report.json's content: the run, what was evaluated and every metric.
 
   Args:
@@ -30,6 +32,8 @@ def evaluation_report(result: Any, *, run: Any, logdir: str, split: str,
     origin: what was evaluated ("checkpoint ... (step N)", "SavedModel ...").
     metric: the head's embedding geometry, "cosine" or "euclidean".
     step: the training step of the weights, when known.
+    progress: called as `progress(done, total)` while the retrieval
+      metrics rank the queries (the slow part on large splits).
   """
   report = {
       "run": str(logdir), "split": split, "evaluated": origin,
@@ -42,7 +46,7 @@ def evaluation_report(result: Any, *, run: Any, logdir: str, split: str,
           **compactness_separation(result.embeddings, result.labels,
                                    metric=metric),
           **retrieval_metrics(result.embeddings, result.labels,
-                              metric=metric),
+                              metric=metric, progress=progress),
       },
   }
   if np.isfinite(result.loss):

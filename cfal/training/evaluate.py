@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import time
 from typing import Callable
 
 import numpy as np
@@ -170,7 +171,7 @@ def _evaluate(config: EvalConfig, run: TrainConfig, echo: Printer) -> dict:
   result = evaluator.evaluate(dataset)
   report = documents.evaluation_report(
       result, run=run, logdir=str(logdir), split=config.split, origin=origin,
-      metric=metric, step=step)
+      metric=metric, step=step, progress=_progress_line(echo))
   out = pathlib.Path(config.output_dir or logdir / "eval" / config.split)
   documents.write_outputs(out, report, result, prototypes)
   writer = tf.summary.create_file_writer(str(out))
@@ -184,6 +185,22 @@ def _evaluate(config: EvalConfig, run: TrainConfig, echo: Printer) -> dict:
   echo(f"Wrote {out}/: report.json, report.md, predictions.npz, "
        f"confusion_matrix.png, embeddings.png, projector files.")
   return report
+
+
+def _progress_line(echo: Printer, every: float = 10.0):
+  """A `progress(done, total)` that echoes at most every `every` seconds,
+  so only evaluations that take a while say how far they are."""
+  started = time.monotonic()
+  last = [started]
+
+  def progress(done: int, total: int) -> None:
+    now = time.monotonic()
+    if now - last[0] >= every and done < total:
+      last[0] = now
+      rate = done / max(now - started, 1e-9)
+      echo(f"retrieval metrics: {done}/{total} queries, about "
+           f"{(total - done) / rate:.0f} s left")
+  return progress
 
 
 def _load_saved_model(path: str):

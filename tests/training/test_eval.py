@@ -181,3 +181,19 @@ def test_folder_runs_refuse_the_test_split_before_reading_the_folder(
       evaluation.EvalConfig(logdir=str(tmp_path / "run"), split="test"),
       echo=lambda _: None))
   assert message == f"folder:{root} has no test split; use --split=validation."
+
+
+def test_long_retrieval_metrics_report_their_progress():
+  from cfal.metrics.embedding import retrieval_metrics  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(600, 4)), rng.integers(0, 3, 600)
+  lines = []
+  retrieval_metrics(x, y, metric="euclidean", chunk_size=100,
+                    progress=evaluation._progress_line(lines.append,
+                                                       every=0.0))
+  assert [l.split(" queries")[0] for l in lines] == [
+      f"retrieval metrics: {n}/600" for n in range(100, 600, 100)]
+  quiet = []
+  retrieval_metrics(x, y, metric="euclidean", chunk_size=100,
+                    progress=evaluation._progress_line(quiet.append))
+  assert not quiet   # short runs say nothing
