@@ -48,10 +48,25 @@ flags.DEFINE_float("max_bad_fraction", 0.01, "Folders: unreadable files are "
 flags.DEFINE_string("backbone", "seed_cnn", "One of: " + ", ".join(
     f"{name} ({spec.summary})" for name, spec in BACKBONES.items()))
 flags.DEFINE_integer("embedding_dim", 64, "Embedding size.")
+def _describe(option) -> str:
+  """"int >= 1", "float in [0, 1)", "bool", "flatten|avg"."""
+  if option.choices:
+    return "|".join(option.choices)
+  kind = {"ints": "ints", "floats": "floats"}.get(option.type, option.type)
+  if option.low is not None and option.high is None:
+    return f"{kind} {'>' if option.low_open else '>='} {option.low:g}"
+  text = option.range_text()
+  return f"{kind} in {text}" if text else kind
+
+
 flags.DEFINE_string("backbone_args", "", "Backbone options as "
                     "name=value,... (lists as 1;2;3), e.g. "
                     "--backbone=resnet --backbone_args=width=32,"
-                    "depth_per_stage=1;1;1.")
+                    "depth_per_stage=1;1;1. They are: " + "; ".join(
+                        f"{name}: " + (", ".join(
+                            f"{o.name} ({_describe(o)})"
+                            for o in spec.options) or "none")
+                        for name, spec in BACKBONES.items()) + ".")
 flags.DEFINE_string("head", "cfal", "One of: " + ", ".join(
     f"{name} ({spec.summary.rstrip('.')})" for name, spec in HEADS.items()))
 

@@ -70,8 +70,16 @@ HEADS = ", ".join(sorted(registry.HEADS))
      ">= 0."),
     (["--max_bad_fraction=1.5"], "--max_bad_fraction (1.5) must be in "
      "[0, 1]."),
+    (["--backbone=resnet", "--backbone_args=widht=3"], "--backbone=resnet "
+     "takes no widht; it takes width, depth_per_stage."),
+    (["--backbone=resnet", "--backbone_args=width=0"], "--backbone=resnet: "
+     "`width` (0) must be in [1, inf]."),
+    (["--head=arcface", "--sigma=3"], "--head=arcface takes no sigma; it "
+     "takes scale, margin, class_weighting, class_weights, beta, gamma, "
+     "spread_weight."),
 ], ids=["backbone", "head", "dataset", "gpus+cpu", "margin", "sigma", "beta",
-        "skip", "bad_fraction"])
+        "skip", "bad_fraction", "backbone_arg_name", "backbone_arg_value",
+        "head_option"])
 def test_usage_errors_exit_2_with_one_line(flags, message, capsys, tmp_path):
   code, err, _ = run_main(capsys, tmp_path / "run", *flags)
   assert (code, err) == (2, [f"train.py: {message}"])
