@@ -79,14 +79,18 @@ def _define_head_flags() -> tuple[str, ...]:
   """
   takers: dict[str, list[str]] = {}
   options = {}
+  helps: dict[str, list[str]] = {}
   for name, spec in HEADS.items():
     for option in spec.options:
       takers.setdefault(option.name, []).append(name)
       options.setdefault(option.name, option)
+      if option.help not in helps.setdefault(option.name, []):
+        helps[option.name].append(option.help)
   for key, option in options.items():
     heads = ("every head" if len(takers[key]) == len(HEADS)
              else ", ".join(takers[key]))
-    text = f"{option.help} ({heads})"
+    # A name shared with a head-specific meaning (margin) lists each.
+    text = f"{' '.join(helps[key])} ({heads})"
     if option.type == "float":
       flags.DEFINE_float(key, None, text)
     elif option.type == "int":
@@ -245,6 +249,21 @@ def check_flags() -> None:
     raise_usage(f"--epochs ({FLAGS.epochs}) must be > 0.")
   if FLAGS.learning_rate <= 0:
     raise_usage(f"--learning_rate ({FLAGS.learning_rate}) must be > 0.")
+  for name in ("warmup_steps", "early_stopping_patience", "gpus",
+               "cpu_replicas"):
+    if FLAGS[name].value < 0:
+      raise_usage(f"--{name} ({FLAGS[name].value}) must be >= 0.")
+  if FLAGS.weight_decay < 0:
+    raise_usage(f"--weight_decay ({FLAGS.weight_decay}) must be >= 0.")
+  if not 0.0 <= FLAGS.momentum < 1.0:
+    raise_usage(f"--momentum ({FLAGS.momentum}) must be in [0, 1).")
+  if FLAGS.gpus and FLAGS.cpu_replicas:
+    raise_usage(f"--gpus={FLAGS.gpus} and --cpu_replicas={FLAGS.cpu_replicas}"
+                f" contradict each other: pick one.")
+  if FLAGS.deterministic and FLAGS.step_mode == "xla":
+    raise_usage("--deterministic cannot use --step_mode=xla: XLA has no "
+                "deterministic MaxPool gradient; use --step_mode=function "
+                "(or auto).")
 
 
 def raise_usage(message: str) -> None:

@@ -110,7 +110,7 @@ class Trainer:
   Attributes:
     built: `cfal.training.build.build(config)`: strategy, data, backbone,
       head, optimizer (slots created), counters.
-    steps: `Steps` in the step mode `build.resolve_step_mode` picks from
+    steps: `Steps` in the step mode `strategy.resolve_step_mode` picks from
       `config.run.step_mode` (an explicit eager/function/xla stays).
     iterator: the training stream from step 0 (`train_iterator`).
   """
@@ -142,11 +142,13 @@ def build_trainer(config: "TrainConfig", *,
   """
   # pylint: disable=import-outside-toplevel
   from cfal.training import build as build_lib
+  from cfal.training.steps import steps_for
+  from cfal.training.strategy import resolve_step_mode
   built = build_lib.build(config, strategy=strategy, data=data)
   run = config.run
-  mode = build_lib.resolve_step_mode(run.step_mode, built.strategy,
-                                     deterministic=run.deterministic)
-  return Trainer(built=built, steps=build_lib.train_steps(built, mode),
+  mode = resolve_step_mode(run.step_mode, built.strategy,
+                           deterministic=run.deterministic)
+  return Trainer(built=built, steps=steps_for(built, mode),
                  iterator=build_lib.train_iterator(built, 0))
 
 
@@ -162,8 +164,8 @@ def evaluator(built: "Built", mode: str = "function") -> "Evaluator":
   """The evaluator train.py validates with, for `built`'s model; keeps no
   embeddings (`EvalResult.confusion` and `.report` only)."""
   # pylint: disable-next=import-outside-toplevel
-  from cfal.training import build as build_lib
-  return build_lib.model_evaluator(built, keep=0, mode=mode)
+  from cfal.training.evaluator import evaluator_for
+  return evaluator_for(built, keep=0, mode=mode)
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]],

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 _TYPES = ("float", "int", "bool", "str", "floats", "ints")
 
@@ -235,7 +235,3 @@ def parse_assignments(text: str, spec: Spec, *, kind: str) -> dict[str, Any]:
       raw = raw.replace(";", ",")
     values[key] = raw.strip()
   return spec.check(values, kind=kind)
-
-
-def registry_names(specs: Iterable[Spec]) -> str:
-  return ", ".join(s.name for s in specs)

@@ -129,6 +129,19 @@ def test_the_module_import_graph_has_no_cycles():
       visit(node)
 
 
+def test_the_builder_knows_nothing_downstream():
+  # flags -> config -> build -> loop (steps, controller, actions) ->
+  # evaluator -> report: the builder imports none of what comes after it.
+  downstream = {"cfal.training.steps", "cfal.training.controller",
+                "cfal.training.actions", "cfal.training.runner",
+                "cfal.training.evaluator", "cfal.training.evaluate",
+                "cfal.report"}
+  path = ROOT / "cfal" / "training" / "build.py"
+  for target in _imports(path):
+    assert not any(target == d or target.startswith(d + ".")
+                   for d in downstream), target
+
+
 def test_library_code_never_reads_flags():
   for path in _library_files():
     text = path.read_text()

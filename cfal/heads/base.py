@@ -10,10 +10,6 @@ import tensorflow as tf
 
 from cfal.heads import parts, registry
 
-# Kept here too: `cfal.heads.base.class_balanced_weights` predates `parts`.
-class_balanced_weights = parts.class_balanced_weights
-
-
 class Head(tf.Module):
   """Base class of every max-margin head.
 

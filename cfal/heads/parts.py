@@ -84,6 +84,9 @@ class ClassWeights:
                        f"got {values.size}.")
     if not np.all(np.isfinite(values)) or np.any(values < 0):
       raise ValueError(f"`{name}` must be finite and >= 0 for every class.")
+    if not values.any():
+      raise ValueError(f"`{name}` are all 0: every loss would be 0; give "
+                       f"at least one class a positive weight.")
     self.values = values
     self.name = name
 

@@ -20,7 +20,6 @@ import numpy as np
 import tensorflow as tf
 from sklearn import metrics as skm
 
-from cfal.heads.base import _check_int
 
 
 def confusion_matrix_update(labels: tf.Tensor, predictions: tf.Tensor,
@@ -249,3 +248,11 @@ def classification_report(confusion: np.ndarray,
       "num_samples": count(total),
       "per_class": per_class,
   }
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+  """`value` must be an integer >= `minimum`, or a one-line error."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"`{name}` must be an integer, got {value!r}.")
+  if value < minimum:
+    raise ValueError(f"`{name}` ({value}) must be >= {minimum}.")

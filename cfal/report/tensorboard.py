@@ -16,20 +16,6 @@ from tensorboard.plugins import projector
 from tensorboard.plugins.hparams import api as hparams_api
 
 
-class Writers:
-  """The run's two event-file writers: `<logdir>/train`, `<logdir>/validation`."""
-
-  def __init__(self, logdir: str):
-    self.logdir = pathlib.Path(logdir)
-    self.train = tf.summary.create_file_writer(str(self.logdir / "train"))
-    self.validation = tf.summary.create_file_writer(
-        str(self.logdir / "validation"))
-
-  def flush(self) -> None:
-    self.train.flush()
-    self.validation.flush()
-
-
 def write_scalars(writer, values: Mapping[str, float], step: int) -> None:
   with writer.as_default(step=step):
     for name, value in values.items():

@@ -132,10 +132,17 @@ class Preemption:
   see the request at the same step, save one checkpoint together (the
   chief writes it into the run directory) and stop with the same exit
   code, instead of one leaving while the others wait in a collective.
+
+  Args:
+    strategy: the run's strategy.
+    logdir: the run directory, for the line every worker prints (a
+      non-chief worker's own copy is scratch, deleted on the way out).
   """
 
-  def __init__(self, strategy: tf.distribute.Strategy):
+  def __init__(self, strategy: tf.distribute.Strategy,
+               logdir: pathlib.Path):
     self.strategy = strategy
+    self.logdir = pathlib.Path(logdir)
     self.stops = StopRequests()
     self._multi_worker = isinstance(
         strategy, tf.distribute.MultiWorkerMirroredStrategy)
@@ -165,20 +172,28 @@ class Preemption:
     """Saves a checkpoint at `step` and raises `Interrupted`."""
     saver(step)
     flush()
-    raise Interrupted(f"{signal_name(self.signum)}: saved "
-                      f"{saver.latest} at step {step}; rerun the same "
-                      f"command to resume.", self.signum)
+    saved = self.logdir / "checkpoints" / pathlib.Path(saver.latest).name
+    raise Interrupted(f"{signal_name(self.signum)}: saved {saved} at step "
+                      f"{step}; rerun the same command to resume.",
+                      self.signum)
 
 
 def check_workers_agree(strategy: tf.distribute.Strategy, step: int) -> None:
-  """Every worker must restore the same step, or they train different runs."""
-  total = _cluster_sum(strategy)(tf.constant(float(step)))
+  """Every worker must restore the same step, or they train different runs.
+
+  Two sums over every replica (float64, exact for any step count): the
+  mean, then the squared deviations from it, which are 0 only when every
+  worker restored the same step, so all of them stop together.
+  """
+  cluster_sum = _cluster_sum(strategy)
   replicas = strategy.num_replicas_in_sync
-  if float(total) != step * replicas:
+  mean = float(cluster_sum(tf.constant(float(step), tf.float64))) / replicas
+  spread = float(cluster_sum(tf.constant((step - mean) ** 2, tf.float64)))
+  if spread != 0.0:
     raise TrainingError(f"This worker restored step {step} but the workers "
-                        f"average {float(total) / replicas:g}: every worker "
-                        f"must read the chief's checkpoints, so put --logdir "
-                        f"on a filesystem they all share.")
+                        f"average {mean:g}: every worker must read the "
+                        f"chief's checkpoints, so put --logdir on a "
+                        f"filesystem they all share.")
 
 
 def _cluster_sum(strategy: tf.distribute.Strategy):

@@ -22,8 +22,6 @@ from cfal.backbones import registry as backbone_registry
 from cfal.data import datasets, pipeline
 from cfal.errors import UsageError
 from cfal.training.config import TrainConfig
-from cfal.training.evaluator import Evaluator, model_forward
-from cfal.training.steps import Steps
 from cfal.training.strategy import make_strategy
 
 
@@ -254,45 +252,6 @@ def build_optimizer(config: TrainConfig,
   return optimizer
 
 
-def resolve_step_mode(mode: str, strategy: tf.distribute.Strategy, *,
-                      deterministic: bool = False) -> str:
-  """`auto` -> what was measured fastest on the devices present.
-
-  On CPU, XLA made conv train steps about 2x slower than plain tf.function;
-  on a GPU XLA usually wins. With several replicas the synchronized
-  BatchNorm all-reduces inside the compiled forward pass, which XLA can
-  only compile when every replica is a GPU; `auto` then stays with
-  `function`, and an explicit `xla` over CPU replicas is refused. XLA has
-  no deterministic MaxPool gradient, so a deterministic run never uses it.
-  """
-  replicas = strategy.num_replicas_in_sync
-  gpus = bool(tf.config.list_physical_devices("GPU"))
-  if mode == "auto":
-    use_xla = gpus and replicas == 1 and not deterministic
-    return "xla" if use_xla else "function"
-  if mode == "xla" and deterministic:
-    raise UsageError("--deterministic cannot use --step_mode=xla: XLA has no "
-                     "deterministic MaxPool gradient; use --step_mode=function"
-                     " (or auto).")
-  if mode == "xla" and replicas > 1 and not gpus:
-    raise UsageError(f"--step_mode=xla cannot compile the cross-replica "
-                     f"BatchNorm of {replicas} CPU replicas; use "
-                     f"--step_mode=function (or auto).")
-  return mode
-
-
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-  """True unless this process is a non-chief worker of a cluster."""
-  resolver = getattr(strategy, "cluster_resolver", None)
-  if resolver is None or not resolver.task_type:
-    return True
-  if resolver.task_type == "chief":
-    return True
-  has_chief = "chief" in resolver.cluster_spec().as_dict()
-  return (not has_chief and resolver.task_type == "worker"
-          and resolver.task_id == 0)
-
-
 def validation_dataset(built: Built, batch_size: int | None = None
                        ) -> tf.data.Dataset:
   """The validation split as batches (rebuild it for each evaluation)."""
@@ -315,19 +274,3 @@ def train_iterator(built: Built, start_step: int):
         start_step=start_step, augment=config.data.augment,
         input_context=input_context)
   return iter(built.strategy.distribute_datasets_from_function(make))
-
-
-def train_steps(built: Built, mode: str) -> Steps:
-  """The compiled train loop of `built` in step mode `mode`."""
-  return Steps(strategy=built.strategy, backbone=built.backbone,
-               head=built.head, optimizer=built.optimizer,
-               global_batch_size=built.config.run.batch_size, mode=mode)
-
-
-def model_evaluator(built: Built, *, keep: int | None,
-                    mode: str = "function") -> Evaluator:
-  """The evaluator of `built`'s backbone + head (validation, eval.py)."""
-  return Evaluator(strategy=built.strategy,
-                   forward=model_forward(built.backbone, built.head),
-                   class_names=built.data.class_names, keep=keep,
-                   mode="eager" if mode == "eager" else "function")

@@ -14,13 +14,6 @@ from typing import Any, Iterator
 
 from cfal.data.datasets import DataConfig
 
-STEP_MODES = ("auto", "eager", "function", "xla")
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine")
-STRATEGIES = ("default", "mirrored", "multi_worker")
-PRECISIONS = ("float32", "bfloat16", "float16")
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Backbone and head.

@@ -122,25 +122,27 @@ class Controller:
     start = int(built.counters.step.numpy())
     stopped_early = False
     current = start
-    with actions.preemption as preemption:
-      if 0 < start and self.is_eval_step(start):
-        # Killed after the checkpoint of an evaluation step: evaluate again.
-        stopped_early = self._validate(start)
-      timer = _Timer(built.total_steps - start)
-      while current < built.total_steps and not stopped_early:
-        current = self._train_chunk(current, timer)
-        if self.is_checkpoint_step(current) or self.is_eval_step(current):
-          actions.checkpoint(current)
-        if self.is_eval_step(current):
-          stopped_early = self._validate(current)
-        self.writer.flush()
-        if preemption.requested():
-          preemption.stop(actions.checkpoint, current, self.writer.flush)
-      actions.checkpoint(current)
-      if stopped_early:
-        self.echo(f"Stopping early: no better validation balanced accuracy "
-                  f"in {actions.best.patience} evaluations.")
-      export_path = actions.export(current, stopped_early, self.echo)
+    # The caller entered `preemption` before building, so a signal at any
+    # moment of the run is only recorded; it is acted on here.
+    preemption = actions.preemption
+    if 0 < start and self.is_eval_step(start):
+      # Killed after the checkpoint of an evaluation step: evaluate again.
+      stopped_early = self._validate(start)
+    timer = _Timer(built.total_steps - start)
+    while current < built.total_steps and not stopped_early:
+      current = self._train_chunk(current, timer)
+      if self.is_checkpoint_step(current) or self.is_eval_step(current):
+        actions.checkpoint(current)
+      if self.is_eval_step(current):
+        stopped_early = self._validate(current)
+      self.writer.flush()
+      if preemption.requested():
+        preemption.stop(actions.checkpoint, current, self.writer.flush)
+    actions.checkpoint(current)
+    if stopped_early:
+      self.echo(f"Stopping early: no better validation balanced accuracy "
+                f"in {actions.best.patience} evaluations.")
+    export_path = actions.export(current, stopped_early, self.echo)
     self.writer.flush()
     return current, stopped_early, export_path
 

@@ -10,13 +10,16 @@ the host for pictures, the projector and retrieval metrics.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from cfal.metrics.classification import (classification_report,
                                          confusion_matrix_update)
+
+if TYPE_CHECKING:
+  from cfal.training.build import Built
 
 # images -> {"embeddings" [N, D], "predictions" [N], "scores" [N, C]} and,
 # with labels, "loss" (per-example [N]); run once per replica.
@@ -141,3 +144,12 @@ def saved_model_forward(model) -> Forward:
             "predictions": tf.cast(out["class_ids"], tf.int32),
             "scores": out["scores"]}
   return forward
+
+
+def evaluator_for(built: "Built", *, keep: int | None,
+                  mode: str = "function") -> Evaluator:
+  """The evaluator of a built run's backbone + head (validation, bench)."""
+  return Evaluator(strategy=built.strategy,
+                   forward=model_forward(built.backbone, built.head),
+                   class_names=built.data.class_names, keep=keep,
+                   mode="eager" if mode == "eager" else "function")

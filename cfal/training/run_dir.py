@@ -93,8 +93,11 @@ def check_run_dir(logdir: pathlib.Path, config: TrainConfig) -> TrainConfig:
   A different model (head, backbone, embedding size), data split or order,
   seed, batch or precision is always refused. Different head or backbone
   options or optimizer settings are refused too, naming each key and both
-  values, unless `config.run.allow_config_change`: then the change is
-  recorded in the returned config's `changes`.
+  values, unless `config.run.allow_config_change`. A different run length
+  (which sets the learning-rate decay), validation cadence or patience is
+  allowed: extending a run is common. Every such change is recorded in
+  the returned config's `changes`, so config.json says what each part of
+  the run used. Devices, step mode and checkpoint cadence change freely.
 
   Returns:
     `config`, with the run's earlier changes and this one recorded.
@@ -125,9 +128,10 @@ def check_run_dir(logdir: pathlib.Path, config: TrainConfig) -> TrainConfig:
       raise UsageError(f"{logdir} was trained with --{field}={a}, not {b}: "
                        f"resume with the same value or use a new --logdir.")
   changed = setting_changes(old, config)
-  if changed and not config.run.allow_config_change:
+  refused = {k: v for k, v in changed.items() if not k.startswith("run.")}
+  if refused and not config.run.allow_config_change:
     listed = ", ".join(f"{key} {_show(a)} -> {_show(b)}"
-                       for key, (a, b) in changed.items())
+                       for key, (a, b) in refused.items())
     raise UsageError(f"{logdir} was trained with other settings ({listed}): "
                      f"resume with the run's own flags, pass "
                      f"--allow_config_change to resume with these and record "
@@ -140,12 +144,15 @@ def check_run_dir(logdir: pathlib.Path, config: TrainConfig) -> TrainConfig:
 
 
 _UNSET = object()
+_TRAINING_RUN_FIELDS = ("epochs", "train_steps", "eval_every",
+                        "early_stopping_patience")
 
 
 def setting_changes(old: TrainConfig, new: TrainConfig
                     ) -> dict[str, tuple[object, object]]:
-  """Head and backbone options and optimizer settings that differ, by key
-  ("head_args.margin", "optimizer.learning_rate")."""
+  """Settings that change what training does, by key ("head_args.margin",
+  "optimizer.learning_rate", "run.train_steps"): head and backbone
+  options, the optimizer, the run's length and its validation cadence."""
   changed: dict[str, tuple[object, object]] = {}
   for group in ("head_args", "backbone_args"):
     a, b = getattr(old.model, group), getattr(new.model, group)
@@ -157,6 +164,13 @@ def setting_changes(old: TrainConfig, new: TrainConfig
     b = getattr(new.optimizer, field.name)
     if a != b:
       changed[f"optimizer.{field.name}"] = (a, b)
+  # The run's length sets the learning-rate schedule's decay; the
+  # validation cadence and patience set the best-model and early-stopping
+  # books.
+  for name in _TRAINING_RUN_FIELDS:
+    a, b = getattr(old.run, name), getattr(new.run, name)
+    if a != b:
+      changed[f"run.{name}"] = (a, b)
   return changed
 
 

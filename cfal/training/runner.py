@@ -23,7 +23,10 @@ from cfal.training.actions import (BestModel, ExportModel, Preemption,
 from cfal.training.config import TrainConfig, dtype_policy, op_determinism
 from cfal.training.controller import Actions, Controller, RunResult
 from cfal.training.run_dir import RunLock, check_run_dir, write_atomically
-from cfal.training.strategy import slow_bfloat16_note
+from cfal.training.evaluator import evaluator_for
+from cfal.training.steps import steps_for
+from cfal.training.strategy import (is_chief, resolve_step_mode,
+                                    slow_bfloat16_note)
 
 Printer = Callable[[str], None]
 
@@ -50,10 +53,10 @@ def train(config: TrainConfig, *, echo: Printer = print) -> RunResult:
                      f"must be >= 0.")
   with dtype_policy(run.mixed_precision), op_determinism(run.deterministic):
     strategy = build_lib.build_strategy(config)
-    mode = build_lib.resolve_step_mode(run.step_mode, strategy,
-                                       deterministic=run.deterministic)
+    mode = resolve_step_mode(run.step_mode, strategy,
+                             deterministic=run.deterministic)
     logdir = pathlib.Path(run.logdir)
-    if not build_lib.is_chief(strategy):
+    if not is_chief(strategy):
       # Every worker takes part in saving (it runs collectives), but only
       # the chief writes the run directory; the others write to scratch.
       scratch = pathlib.Path(tempfile.mkdtemp(prefix="cfal-worker-"))
@@ -76,6 +79,16 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, mode: str,
            chief: bool) -> RunResult:
   """One run, writing into `outdir` (the run directory, or a non-chief
   worker's scratch copy of it)."""
+  # Signals are recorded from here on (build and restore included) and
+  # acted on by the controller at the same step on every worker.
+  with Preemption(strategy, logdir) as preemption:
+    return _run(config, strategy, mode, logdir, outdir, echo,
+                chief=chief, preemption=preemption)
+
+
+def _run(config: TrainConfig, strategy: tf.distribute.Strategy, mode: str,
+         logdir: pathlib.Path, outdir: pathlib.Path, echo: Printer, *,
+         chief: bool, preemption: Preemption) -> RunResult:
   config = check_run_dir(logdir, config)
   built = build_lib.build(config, strategy=strategy)
   for note in built.data.notes:
@@ -95,9 +108,8 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, mode: str,
   validation_writer = tf.summary.create_file_writer(
       str(outdir / "validation"))
   tensorboard.write_hparams(writer, hparams(config, mode))
-  steps = build_lib.train_steps(built, mode)
-  evaluator = build_lib.model_evaluator(built, keep=run.projector_points,
-                                        mode=mode)
+  steps = steps_for(built, mode)
+  evaluator = evaluator_for(built, keep=run.projector_points, mode=mode)
   title = (f"{config.model.head} head, {config.model.backbone} on "
            f"{data.name} - validation")
 
@@ -125,7 +137,7 @@ def _train(config: TrainConfig, strategy: tf.distribute.Strategy, mode: str,
                       best=BestModel(built, best,
                                      run.early_stopping_patience),
                       export=ExportModel(built, outdir / "export", best),
-                      preemption=Preemption(strategy)),
+                      preemption=preemption),
       writer=writer, echo=echo)
   try:
     step, stopped_early, export_path = controller.run()

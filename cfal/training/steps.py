@@ -15,10 +15,15 @@ without it saves ~10 s of source transformation per trace.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import keras
 import tensorflow as tf
 
 from cfal.heads import Head
+
+if TYPE_CHECKING:
+  from cfal.training.build import Built
 
 STEP_MODES = ("eager", "function", "xla")
 
@@ -182,3 +187,11 @@ def _first_fault(flags):
 def _plain(fn):
   """Marks `fn` as needing no AutoGraph (strategy.run converts by default)."""
   return tf.autograph.experimental.do_not_convert(fn)
+
+
+def steps_for(built: "Built", mode: str) -> Steps:
+  """The compiled train loop of a built run (`cfal.training.build.build`)
+  in step mode `mode`."""
+  return Steps(strategy=built.strategy, backbone=built.backbone,
+               head=built.head, optimizer=built.optimizer,
+               global_batch_size=built.config.run.batch_size, mode=mode)

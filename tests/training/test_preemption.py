@@ -216,12 +216,10 @@ def _preempt_and_resume(tmp_path, seed):
   step = saved[0][1]
   assert [s for _, s in saved] == [step, step], (what, saved)
   assert 0 < step < RUN["train_steps"], (what, step)
-  # The chief saved into the run directory, the other worker into its
-  # scratch copy (removed on the way out).
-  assert saved[0][0] == logdir / "checkpoints" / f"ckpt-{step}", (what, saved)
-  assert saved[1][0].name == f"ckpt-{step}", (what, saved)
-  assert logdir not in saved[1][0].parents, (what, saved)
-  assert not saved[1][0].parent.exists(), (what, saved)
+  # Both name the checkpoint the chief wrote into the run directory (the
+  # other worker's own copy went to scratch, removed on the way out).
+  assert saved[0][0] == saved[1][0] == logdir / "checkpoints" / f"ckpt-{step}", (
+      what, saved)
   assert tf.train.latest_checkpoint(str(logdir / "checkpoints")) == str(
       saved[0][0])
   assert not (logdir / "export").exists()

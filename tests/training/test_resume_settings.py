@@ -38,6 +38,7 @@ def test_changed_head_and_optimizer_settings_are_refused_then_recorded(
   assert "\n" not in message
   assert "head_args.margin 0.3 -> 0.5" in message
   assert "optimizer.learning_rate 0.002 -> 0.01" in message
+  assert "train_steps" not in message   # a longer run alone is allowed
   assert "--allow_config_change" in message
   # Refused before anything was written: the run's record is untouched.
   assert (tmp_path / "config.json").read_text() == saved
@@ -50,7 +51,33 @@ def test_changed_head_and_optimizer_settings_are_refused_then_recorded(
   assert record["model"]["head_args"]["margin"] == 0.5
   assert record["changes"] == [{"step": 10, "changed": {
       "head_args.margin": [0.3, 0.5],
-      "optimizer.learning_rate": [0.002, 0.01]}}]
+      "optimizer.learning_rate": [0.002, 0.01],
+      "run.train_steps": [10, 20]}}]
+
+
+def test_a_longer_run_is_allowed_and_recorded(tmp_path):
+  # The run's length sets the cosine decay: a resumed run with another
+  # length follows another schedule from there, so config.json says so.
+  config = small_config(tmp_path, train_steps=4, steps_per_loop=2)
+  train(config, echo=lambda _: None)
+  longer = dataclasses.replace(config, run=dataclasses.replace(
+      config.run, train_steps=6))
+  assert train(longer, echo=lambda _: None).step == 6
+  record = json.loads((tmp_path / "config.json").read_text())
+  assert record["run"]["train_steps"] == 6
+  assert record["changes"] == [{"step": 4, "changed": {
+      "run.train_steps": [4, 6]}}]
+
+
+def test_devices_and_cadence_may_change_on_resume(tmp_path):
+  config = small_config(tmp_path, train_steps=4, steps_per_loop=2,
+                        checkpoint_every=2)
+  train(config, echo=lambda _: None)
+  moved = dataclasses.replace(config, run=dataclasses.replace(
+      config.run, cpu_replicas=2, steps_per_loop=1, checkpoint_every=1,
+      step_mode="eager"))
+  assert train(moved, echo=lambda _: None).step == 4
+  assert json.loads((tmp_path / "config.json").read_text())["changes"] == []
 
 
 def test_a_new_head_option_counts_as_a_change(tmp_path):
