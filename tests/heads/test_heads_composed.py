@@ -311,3 +311,9 @@ def test_focal_modulation_is_exact_near_p_one():
   factor = FocalModulation(1.0)(log_p)
   np.testing.assert_allclose(factor, [1e-9], rtol=1e-5)
   assert float(1.0 - tf.exp(log_p)[0]) == 0.0
+
+
+def test_all_zero_class_weights_are_refused():
+  # Every loss would be 0 and nothing would train, silently.
+  with pytest.raises(ValueError, match=r"are all 0: every loss would be 0"):
+    heads.ClassWeights([0.0, 0.0, 0.0])
