@@ -67,4 +67,6 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  from cfal import cli as _cli  # pylint: disable=ungrouped-imports
+  app.run(lambda argv: sys.exit(main(argv)),
+          flags_parser=_cli.flags_parser("eval.py", FLAGS, flags.Error))

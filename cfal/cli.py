@@ -25,6 +25,29 @@ _NOISE = re.compile("|".join((
 )))
 
 
+def flags_parser(program: str, flag_values, error_type: type):
+  """An absl `flags_parser` whose errors are one line and exit 2.
+
+  absl prints two lines and exits 1 for an unknown flag, a bad enum value
+  or a missing flagfile; a usage error here is one line, exit 2, like
+  every other.
+
+  Args:
+    program: "train.py" or "eval.py", the line's prefix.
+    flag_values: the script's `absl.flags.FLAGS`.
+    error_type: `absl.flags.Error` (passed in: the library defines and
+      reads no flags itself).
+  """
+  def parse(argv: list[str]) -> list[str]:
+    try:
+      return flag_values(argv)
+    except error_type as error:
+      message = " ".join(str(error).split()).removeprefix("ERROR:: ")
+      print(f"{program}: {message} (see --help)", file=sys.stderr)
+      sys.exit(2)
+  return parse
+
+
 def prepare_environment() -> None:
   """What the scripts set before TensorFlow loads.
 
