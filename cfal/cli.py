@@ -34,8 +34,8 @@ def flags_parser(program: str, flag_values, error_type: type):
 
   Args:
     program: "train.py" or "eval.py", the line's prefix.
-    flag_values: the script's `absl.flags.FLAGS`.
-    error_type: `absl.flags.Error` (passed in: the library defines and
+    flag_values: the script's FLAGS object.
+    error_type: absl's flag `Error` class (passed in: the library defines and
       reads no flags itself).
   """
   def parse(argv: list[str]) -> list[str]:
