@@ -92,6 +92,12 @@ def stratified_split(labels: np.ndarray, fraction: float,
   return rest, held
 
 
+def has_test_split(name: str) -> bool:
+  """Whether dataset `name` brings its own test split (known without
+  reading any data): the digit sets do, an image folder does not."""
+  return not name.startswith("folder:")
+
+
 def load_data(config: DataConfig) -> DataBundle:
   """Loads `config.name` and splits it as the config says."""
   name = config.name

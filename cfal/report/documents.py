@@ -55,8 +55,9 @@ def evaluation_report(result: Any, *, run: Any, logdir: str, split: str,
 
 
 def write_outputs(out: pathlib.Path, report: dict, result: Any,
-                  prototypes: np.ndarray | None) -> None:
-  """report.json, report.md, predictions.npz and the two pictures as PNG."""
+                  prototypes: np.ndarray | None) -> dict[str, bytes]:
+  """report.json, report.md, predictions.npz and the two pictures as PNG;
+  returns the pictures' PNG bytes by name (for TensorBoard)."""
   from cfal.viz import plots  # pylint: disable=import-outside-toplevel
   class_names = list(report["per_class"])
   out.mkdir(parents=True, exist_ok=True)
@@ -75,8 +76,11 @@ def write_outputs(out: pathlib.Path, report: dict, result: Any,
           result.embeddings, result.labels, class_names, title,
           prototypes=prototypes, metric=report["embedding_metric"]),
   }
-  for name, figure in figures.items():
-    (out / f"{name}.png").write_bytes(plots.figure_to_png(figure))
+  pngs = {name: plots.figure_to_png(figure)
+          for name, figure in figures.items()}
+  for name, png in pngs.items():
+    (out / f"{name}.png").write_bytes(png)
+  return pngs
 
 
 def figure_title(report: dict) -> str:

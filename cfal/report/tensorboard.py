@@ -76,7 +76,8 @@ def write_evaluation(writer, result: Any, *, step: int, title: str,
                      prototypes: np.ndarray | None, metric: str,
                      projector_dir: str | None = None,
                      projector_name: str = "validation",
-                     projector_points: int | None = None) -> None:
+                     projector_points: int | None = None,
+                     pngs: Mapping[str, bytes] | None = None) -> None:
   """An evaluation's summaries at `step`: the headline scalars, per-class
   recall, the confusion-matrix and embedding pictures, projector files.
 
@@ -91,6 +92,9 @@ def write_evaluation(writer, result: Any, *, step: int, title: str,
     projector_dir, projector_name: projector files go to
       `<projector_dir>/<projector_name>` (skipped when None).
     projector_points: at most this many embeddings in the projector.
+    pngs: the two pictures already rendered ("confusion_matrix",
+      "embeddings" -> PNG bytes, as `documents.write_outputs` returns
+      them), so they are not drawn twice.
   """
   from cfal.viz import plots  # pylint: disable=import-outside-toplevel
   report = result.report
@@ -102,13 +106,19 @@ def write_evaluation(writer, result: Any, *, step: int, title: str,
   write_per_class(writer, "per_class_recall",
                   [report["per_class"][n]["recall"] for n in class_names],
                   class_names, step)
-  write_image(writer, "confusion_matrix", plots.figure_to_image_tensor(
-      plots.confusion_matrix_figure(result.confusion, class_names, title)),
-              step)
-  write_image(writer, "embeddings", plots.figure_to_image_tensor(
-      plots.embedding_figure(result.embeddings, result.labels, class_names,
-                             title, prototypes=prototypes, metric=metric)),
-              step)
+  if pngs is not None:
+    images = {name: tf.io.decode_png(png)[None] for name, png in pngs.items()}
+  else:
+    images = {
+        "confusion_matrix": plots.figure_to_image_tensor(
+            plots.confusion_matrix_figure(result.confusion, class_names,
+                                          title)),
+        "embeddings": plots.figure_to_image_tensor(plots.embedding_figure(
+            result.embeddings, result.labels, class_names, title,
+            prototypes=prototypes, metric=metric)),
+    }
+  for name, image in images.items():
+    write_image(writer, name, image, step)
   writer.flush()
   if projector_dir is not None:
     keep = slice(0, projector_points)

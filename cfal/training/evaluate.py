@@ -95,19 +95,16 @@ def check_split(run: TrainConfig, split: str) -> None:
   if split not in SPLITS:
     raise UsageError(f"Unknown --split={split!r}; choose test or "
                      f"validation.")
-  # Image folders have no test split of their own (yet): say so before the
-  # folder is scanned, not after.
-  if split == "test" and run.data.name.startswith("folder:"):
+  # Said before any data is read (a folder would be scanned first).
+  if split == "test" and not datasets.has_test_split(run.data.name):
     raise UsageError(f"{run.data.name} has no test split; use "
                      f"--split=validation.")
 
 
 def _split(data: datasets.DataBundle, split: str):
+  """The source and indices of `split` (checked by `check_split`)."""
   if split == "validation":
     return data.source, data.validation_indices
-  if data.test_source is None:
-    raise UsageError(f"{data.name} has no test split; use "
-                     f"--split=validation.")
   return data.test_source, np.arange(len(data.test_source))
 
 
@@ -173,13 +170,13 @@ def _evaluate(config: EvalConfig, run: TrainConfig, echo: Printer) -> dict:
       result, run=run, logdir=str(logdir), split=config.split, origin=origin,
       metric=metric, step=step, progress=_progress_line(echo))
   out = pathlib.Path(config.output_dir or logdir / "eval" / config.split)
-  documents.write_outputs(out, report, result, prototypes)
+  pngs = documents.write_outputs(out, report, result, prototypes)
   writer = tf.summary.create_file_writer(str(out))
   tensorboard.write_evaluation(
       writer, result, step=step if step is not None else 0,
       title=documents.figure_title(report), prototypes=prototypes,
       metric=metric, projector_dir=str(out.parent), projector_name=out.name,
-      projector_points=5000)
+      projector_points=5000, pngs=pngs)
   writer.close()
   echo(documents.summary_table(report))
   echo(f"Wrote {out}/: report.json, report.md, predictions.npz, "

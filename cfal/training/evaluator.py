@@ -37,7 +37,8 @@ class EvalResult:
       SavedModel).
     report: `classification_report` of `confusion`, plus "loss".
     embeddings, labels, predictions, scores: this worker's first `keep`
-      examples, in dataset order.
+      examples, in dataset order (`scores` is `[n, 0]` when the forward
+      pass computes none).
   """
 
   confusion: np.ndarray
@@ -124,13 +125,19 @@ class Evaluator:
                       scores=scores.astype(np.float32))
 
 
-def model_forward(backbone, head) -> Forward:
-  """The forward pass of a backbone + head (inference mode, float32)."""
+def model_forward(backbone, head, *, scores: bool = True) -> Forward:
+  """The forward pass of a backbone + head (inference mode, float32).
+
+  With `scores=False` the `[N, C]` scores are not computed (validation
+  needs predictions, embeddings and the loss; eval.py saves the scores).
+  """
   def forward(images, labels):
     embeddings = tf.cast(backbone(images, training=False), tf.float32)
-    return {"embeddings": embeddings, "predictions": head.predict(embeddings),
-            "scores": head(embeddings),
-            "loss": head.loss(embeddings, labels)}
+    out = {"embeddings": embeddings, "predictions": head.predict(embeddings),
+           "loss": head.loss(embeddings, labels)}
+    out["scores"] = (head(embeddings) if scores else
+                     tf.zeros([tf.shape(embeddings)[0], 0], tf.float32))
+    return out
   return forward
 
 
@@ -148,8 +155,10 @@ def saved_model_forward(model) -> Forward:
 
 def evaluator_for(built: "Built", *, keep: int | None,
                   mode: str = "function") -> Evaluator:
-  """The evaluator of a built run's backbone + head (validation, bench)."""
+  """The evaluator of a built run's backbone + head for validation and
+  bench: no scores (eval.py's `evaluate_run` keeps them)."""
   return Evaluator(strategy=built.strategy,
-                   forward=model_forward(built.backbone, built.head),
+                   forward=model_forward(built.backbone, built.head,
+                                         scores=False),
                    class_names=built.data.class_names, keep=keep,
                    mode="eager" if mode == "eager" else "function")
