@@ -1,11 +1,14 @@
-"""What train.py and eval.py share at the edge: the environment TensorFlow
-starts in, and errors as one line."""
+"""What the commands (cfal-train, cfal-eval; train.py, eval.py) share at the
+edge: how they start, the environment TensorFlow starts in, errors as one
+line, and the commands they suggest next."""
 
 from __future__ import annotations
 
 import importlib
 import os
+import pathlib
 import re
+import shutil
 import sys
 import tempfile
 from typing import Callable
@@ -23,6 +26,85 @@ _NOISE = re.compile("|".join((
     r"^WARNING: All log messages before absl::InitializeLog\(\) is called "
     r"are written to STDERR$",
 )))
+
+
+def program_name(argv: list[str] | None = None) -> str:
+  """How the user called the program ("cfal-train", "train.py"), from
+  `argv[0]` (default `sys.argv`), for the prefix of its messages."""
+  argv = sys.argv if argv is None else argv
+  return os.path.basename(argv[0]) if argv and argv[0] else "cfal"
+
+
+def start(main: Callable[[list[str]], int], flag_values, error_type: type,
+          doc: str) -> None:
+  """Parses the flags and runs `main`, exiting with its code.
+
+  absl prints the `__main__` module's docstring for --help; under a
+  console command that module is pip's stub, so the command's own
+  docstring is put there first.
+  """
+  from absl import app  # pylint: disable=import-outside-toplevel
+  sys.modules["__main__"].__doc__ = doc
+  # --help lists the flags of the program the user ran (absl keys them by
+  # sys.argv[0]); here they were defined by the command's module.
+  for flag in flag_values.get_key_flags_for_module(main.__module__):
+    flag_values.register_key_flag_for_module(sys.argv[0], flag)
+  app.run(lambda argv: sys.exit(main(argv)),
+          flags_parser=flags_parser(program_name(), flag_values, error_type))
+
+
+def command(name: str) -> str:
+  """How to call the installed program `name` from here.
+
+  Its bare name when the shell finds this environment's copy; otherwise
+  the path of the copy next to this Python (a virtual environment that is
+  not activated: `.venv/bin/tensorboard`), relative when it is below the
+  working directory.
+  """
+  beside = pathlib.Path(sys.executable).parent / name
+  found = shutil.which(name)
+  if not beside.exists() or (found and _same_path(found, beside)):
+    return name
+  try:
+    return str(beside.relative_to(pathlib.Path.cwd()))
+  except ValueError:
+    return str(beside)
+
+
+def done_lines(program: str, logdir: os.PathLike,
+               export_path: os.PathLike | None) -> list[str]:
+  """What a finished training run prints: where things are, and the two
+  commands to run next, spelled so that they work from here (`program` is
+  how training was called: "train.py" or "cfal-train")."""
+  if program == "train.py":
+    evaluate = f"{_python()} eval.py"
+  else:
+    evaluate = command("cfal-eval")
+  lines = [f"Done. Checkpoints in {pathlib.Path(logdir) / 'checkpoints'}"
+           + (f", SavedModel in {export_path}" if export_path else "") + "."]
+  lines.append(f"Evaluate on the test split: {evaluate} --logdir={logdir}")
+  lines.append(f"Watch it in TensorBoard: {command('tensorboard')} "
+               f"--logdir={logdir} --host=127.0.0.1")
+  return lines
+
+
+def _python() -> str:
+  """This Python as the user would type it: `python` when that is what the
+  shell finds, else its path (relative below the working directory)."""
+  for name in ("python", "python3"):
+    found = shutil.which(name)
+    if found and _same_path(found, sys.executable):
+      return name
+  try:
+    return str(pathlib.Path(sys.executable).relative_to(pathlib.Path.cwd()))
+  except ValueError:
+    return sys.executable
+
+
+def _same_path(a: os.PathLike, b: os.PathLike) -> bool:
+  # Symbolic links are not followed: a virtual environment's python links
+  # to the system's, but only the link's path brings the environment.
+  return os.path.abspath(a) == os.path.abspath(b)
 
 
 def flags_parser(program: str, flag_values, error_type: type):

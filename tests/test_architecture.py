@@ -7,8 +7,9 @@ Layers, lowest first (a module may import its own layer's or lower ones):
                                          the library: data, math, pictures
   2  cfal.report                         documents and TensorBoard files
   3  cfal.training                       build -> loop -> actions -> evaluate
-  4  cfal.cli                            the scripts' edge
-  5  train.py, eval.py, bench/, examples/, tools/
+  4  cfal.cli                            what the commands share
+  5  cfal.commands                       the programs: flags -> config -> run
+  6  train.py, eval.py, bench/, examples/, tools/
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ LAYERS = {
     "cfal.report": 2,
     "cfal.training": 3,
     "cfal.cli": 4,
+    "cfal.commands": 5,
 }
 
 
@@ -142,10 +144,37 @@ def test_the_builder_knows_nothing_downstream():
                    for d in downstream), target
 
 
-def test_library_code_never_reads_flags():
+def test_only_the_commands_define_flags():
+  # Flags stay at the edge: cfal.commands holds the programs, and nothing
+  # in the library imports it (the layer rule) or reads flags itself.
+  commands = ROOT / "cfal" / "commands"
   for path in _library_files():
+    if commands in path.parents:
+      continue
     text = path.read_text()
     assert "absl import flags" not in text and "absl.flags" not in text, path
+
+
+def test_importing_the_library_does_not_define_flags():
+  import subprocess, sys  # pylint: disable=import-outside-toplevel,multiple-imports
+  code = ("import cfal, cfal.heads, cfal.backbones, cfal.training.runner, "
+          "cfal.training.evaluate, cfal.cli\n"
+          "from absl import flags\n"
+          "names = [n for n in flags.FLAGS if n in ('head', 'logdir')]\n"
+          "print(names)")
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True,
+                       capture_output=True, text=True).stdout.strip()
+  assert out == "[]"
+
+
+def test_the_top_level_scripts_are_thin():
+  for script, module in (("train.py", "cfal.commands.train"),
+                         ("eval.py", "cfal.commands.eval")):
+    tree = ast.parse((ROOT / script).read_text())
+    imported = {node.module for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom)}
+    assert imported == {module}, (script, imported)
+    assert "DEFINE" not in (ROOT / script).read_text()
 
 
 def test_bench_and_the_library_never_import_tests():
@@ -174,7 +203,7 @@ def test_the_scripts_build_through_the_one_builder():
       text = path.read_text()
       for call in builders:
         assert call not in text, (path, call)
-  for script in ("train.py", "eval.py"):
-    text = (ROOT / script).read_text()
+  for path in (ROOT / "cfal" / "commands").rglob("*.py"):
+    text = path.read_text()
     for call in builders:
-      assert call not in text, (script, call)
+      assert call not in text, (path, call)

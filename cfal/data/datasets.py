@@ -8,43 +8,17 @@ import numpy as np
 import tensorflow as tf
 
 from cfal.data import pipeline
+from cfal.data.config import (DATASETS, DataConfig, check_dataset_name,
+                               has_test_split)
 from cfal.data.errors import DataError
 from cfal.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from cfal.data.long_tail import long_tailed_indices
 
-DATASETS = ("fashion_mnist", "mnist", "folder:<path>")
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-  """What to train and evaluate on.
-
-  Attributes:
-    name: "fashion_mnist", "mnist" or "folder:<path>".
-    data_dir: where to look first for the files.
-    validation_split: fraction of each class of the training split held out
-      for validation (before any long-tail subsampling, so validation stays
-      as balanced as the source).
-    imbalance_ratio: R >= 1; R > 1 makes the training set long-tailed
-      (class c keeps n_max * R^(-c/(C-1)) examples).
-    image_size: side length images are resized to (folders only; None keeps
-      28 for the digit sets and uses 112 for folders).
-    augment: "none", "flip" or "flip_rotate".
-    seed: fixes the split, the subsampling, the order and augmentation.
-    max_bad_fraction: folders only: unreadable files are skipped and
-      reported, but more than this fraction of them stops the run (a broken
-      copy, not a few bad tiles).
-  """
-
-  name: str = "fashion_mnist"
-  data_dir: str | None = None
-  validation_split: float = 0.1
-  imbalance_ratio: float = 1.0
-  image_size: int | None = None
-  augment: str = "none"
-  seed: int = 0
-  max_bad_fraction: float = 0.01
+__all__ = ["DATASETS", "DataBundle", "DataConfig", "DIGIT_CLASSES",
+           "check_dataset_name", "has_test_split", "load_data",
+           "stratified_split"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,22 +66,14 @@ def stratified_split(labels: np.ndarray, fraction: float,
   return rest, held
 
 
-def has_test_split(name: str) -> bool:
-  """Whether dataset `name` brings its own test split (known without
-  reading any data): the digit sets do, an image folder does not."""
-  return not name.startswith("folder:")
-
-
 def load_data(config: DataConfig) -> DataBundle:
   """Loads `config.name` and splits it as the config says."""
   name = config.name
-  if name in ("fashion_mnist", "mnist"):
-    train, test, notes = _load_digits_like(name, config.data_dir)
-  elif name.startswith("folder:"):
+  check_dataset_name(name)
+  if name.startswith("folder:"):
     train, test, notes = _load_folder(name[len("folder:"):], config)
   else:
-    raise ValueError(f"Unknown dataset {name!r}; choose one of "
-                     f"{', '.join(DATASETS)}.")
+    train, test, notes = _load_digits_like(name, config.data_dir)
   rest, validation = stratified_split(train.labels, config.validation_split,
                                       config.seed)
   if config.imbalance_ratio != 1.0:

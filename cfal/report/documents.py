@@ -148,14 +148,28 @@ def markdown_report(report: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def find_report(path: str | pathlib.Path, split: str) -> pathlib.Path:
+  """The report.json `path` names: `path` is an evaluation's own folder
+  (`<run>/eval/test/best-ckpt-700`), or a run, whose newest evaluation of
+  `split` is taken (eval.py writes one folder per weights evaluated)."""
+  path = pathlib.Path(path)
+  if (path / "report.json").exists():
+    return path / "report.json"
+  found = sorted((path / "eval" / split).glob("*/report.json"),
+                 key=lambda p: p.stat().st_mtime)
+  if not found:
+    raise UsageError(f"{path} has no evaluation of the {split} split: run "
+                     f"eval.py --logdir={path} --split={split} first.")
+  return found[-1]
+
+
 def compare_runs(logdirs: Sequence[str], split: str = "test") -> str:
   """One markdown table of the key metrics of several evaluated runs."""
   reports = []
+  names = []
   for logdir in logdirs:
-    path = pathlib.Path(logdir) / "eval" / split / "report.json"
-    if not path.exists():
-      raise UsageError(f"{path} not found: run `python eval.py "
-                       f"--logdir={logdir} --split={split}` first.")
+    path = find_report(logdir, split)
+    names.append(str(path.parent))
     reports.append(json.loads(path.read_text()))
   emb_keys = _embedding_keys(reports[0])
   header = (["run", "head", "backbone"] + [l for _, l in KEY_METRICS]
@@ -163,8 +177,8 @@ def compare_runs(logdirs: Sequence[str], split: str = "test") -> str:
   lines = ["| " + " | ".join(header) + " |",
            "| " + " | ".join(["---"] * 3 + ["---:"] * (len(header) - 3))
            + " |"]
-  for logdir, r in zip(logdirs, reports):
-    cells = [str(logdir), r["head"], r["backbone"]]
+  for name, r in zip(names, reports):
+    cells = [name, r["head"], r["backbone"]]
     cells += [_fmt(r[k]) for k, _ in KEY_METRICS]
     cells += [_fmt(r["embedding"].get(k, math.nan)) for k, _ in emb_keys]
     lines.append("| " + " | ".join(cells) + " |")

@@ -12,7 +12,7 @@ import json
 import pathlib
 from typing import Any, Iterator
 
-from cfal.data.datasets import DataConfig
+from cfal.data.config import DataConfig
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:

@@ -3,14 +3,14 @@
 `evaluate_run` reads `<logdir>/config.json` once, builds the model with the
 one builder (`build`), restores a checkpoint (or loads the exported
 SavedModel), runs the split through the one evaluator, and hands the result
-to the report code, which writes `<logdir>/eval/<split>/`: report.json,
+to the report code, which writes `<logdir>/eval/<split>/<weights>/`
+(`ckpt-842`, `best-ckpt-700`, `saved_model-export`): report.json,
 report.md, predictions.npz, the pictures, projector files, and TensorBoard
 summaries at the step of the weights evaluated.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 import time
 from typing import Callable
@@ -23,82 +23,18 @@ from cfal.errors import UsageError
 from cfal.report import documents, tensorboard
 from cfal.training import build as build_lib
 from cfal.training.config import TrainConfig, dtype_policy
+from cfal.training.eval_config import (EvalConfig, check_eval_config,
+                                       check_split, checkpoint_path,
+                                       load_run_config, output_name)
 from cfal.training.evaluator import (Evaluator, model_forward,
                                      saved_model_forward)
 from cfal.training.strategy import make_strategy
 
 Printer = Callable[[str], None]
-SPLITS = ("test", "validation")
-CHECKPOINTS = ("latest", "best")
+# Examples shown in TensorBoard's projector, with their images as a sprite.
+PROJECTOR_POINTS = 5000
 
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-  """What to evaluate.
-
-  Attributes:
-    logdir: the run directory train.py wrote.
-    split: "test" (the dataset's own test set) or "validation".
-    checkpoint: "latest", "best", or a checkpoint path.
-    saved_model: evaluate this exported SavedModel instead of a checkpoint.
-    batch_size: global eval batch.
-    gpus, cpu_replicas: devices, as for training.
-    output_dir: where results go (default `<logdir>/eval/<split>`).
-  """
-
-  logdir: str
-  split: str = "test"
-  checkpoint: str = "latest"
-  saved_model: str | None = None
-  batch_size: int = 256
-  gpus: int = 0
-  cpu_replicas: int = 0
-  output_dir: str | None = None
-
-
-def load_run_config(logdir: str | pathlib.Path) -> TrainConfig:
-  """The run's config, or a one-line error saying what is wrong."""
-  path = pathlib.Path(logdir)
-  if not path.is_dir():
-    raise UsageError(f"Run directory {path} does not exist; pass the "
-                     f"--logdir that train.py wrote.")
-  if not (path / "config.json").exists():
-    empty = not any(path.iterdir())
-    raise UsageError(f"{path} is {'empty' if empty else 'not a cfal run'}: "
-                     f"it has no config.json (train.py writes one).")
-  try:
-    return TrainConfig.load(path)
-  except (ValueError, KeyError, TypeError) as error:
-    raise UsageError(f"{path / 'config.json'} is not a cfal config: "
-                     f"{error}") from None
-
-
-def checkpoint_path(logdir: pathlib.Path, which: str) -> str:
-  """"latest", "best" or a path -> the checkpoint prefix to read."""
-  if which in CHECKPOINTS:
-    folder = logdir / "checkpoints"
-    if which == "best":
-      folder = folder / "best"
-    path = tf.train.latest_checkpoint(str(folder))
-    if path is None:
-      raise UsageError(f"{logdir} has no {which} checkpoint in {folder}; "
-                       f"train first (or pass --checkpoint=PATH).")
-    return path
-  if not tf.io.gfile.exists(which + ".index"):
-    raise UsageError(f"Checkpoint {which} not found (expected "
-                     f"{which}.index); use latest, best or a path.")
-  return which
-
-
-def check_split(run: TrainConfig, split: str) -> None:
-  """Refuses a split the run's data cannot have, before any data is read."""
-  if split not in SPLITS:
-    raise UsageError(f"Unknown --split={split!r}; choose test or "
-                     f"validation.")
-  # Said before any data is read (a folder would be scanned first).
-  if split == "test" and not datasets.has_test_split(run.data.name):
-    raise UsageError(f"{run.data.name} has no test split; use "
-                     f"--split=validation.")
+__all__ = ["EvalConfig", "evaluate_run", "check_split", "load_run_config"]
 
 
 def _split(data: datasets.DataBundle, split: str):
@@ -119,8 +55,7 @@ def saved_identity(path: str) -> str | None:
 
 def evaluate_run(config: EvalConfig, *, echo: Printer = print) -> dict:
   """Evaluates one run; returns the report (also written to disk)."""
-  run = load_run_config(config.logdir)
-  check_split(run, config.split)
+  run = check_eval_config(config)
   with dtype_policy(run.run.mixed_precision):
     return _evaluate(config, run, echo)
 
@@ -128,6 +63,7 @@ def evaluate_run(config: EvalConfig, *, echo: Printer = print) -> dict:
 def _evaluate(config: EvalConfig, run: TrainConfig, echo: Printer) -> dict:
   logdir = pathlib.Path(config.logdir)
   strategy = make_strategy(gpus=config.gpus, cpu_replicas=config.cpu_replicas)
+  path = None
   if config.saved_model:
     model = _load_saved_model(config.saved_model)
     data = build_lib.load_data(run)
@@ -164,19 +100,21 @@ def _evaluate(config: EvalConfig, run: TrainConfig, echo: Printer) -> dict:
   dataset = pipeline.eval_dataset(source, indices,
                                   batch_size=config.batch_size)
   evaluator = Evaluator(strategy=strategy, forward=forward,
-                        class_names=data.class_names)
+                        class_names=data.class_names,
+                        keep_images=PROJECTOR_POINTS)
   result = evaluator.evaluate(dataset)
   report = documents.evaluation_report(
       result, run=run, logdir=str(logdir), split=config.split, origin=origin,
       metric=metric, step=step, progress=_progress_line(echo))
-  out = pathlib.Path(config.output_dir or logdir / "eval" / config.split)
+  out = pathlib.Path(config.output_dir or logdir / "eval" / config.split /
+                     output_name(logdir, config, path))
   pngs = documents.write_outputs(out, report, result, prototypes)
   writer = tf.summary.create_file_writer(str(out))
   tensorboard.write_evaluation(
       writer, result, step=step if step is not None else 0,
       title=documents.figure_title(report), prototypes=prototypes,
       metric=metric, projector_dir=str(out.parent), projector_name=out.name,
-      projector_points=5000, pngs=pngs)
+      projector_points=PROJECTOR_POINTS, pngs=pngs)
   writer.close()
   echo(documents.summary_table(report))
   echo(f"Wrote {out}/: report.json, report.md, predictions.npz, "

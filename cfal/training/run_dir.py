@@ -72,6 +72,27 @@ class RunLock:
     self._file = None
 
 
+def check_not_locked(logdir: str | os.PathLike) -> None:
+  """Raises `UsageError` if a live run holds `logdir`'s lock right now.
+
+  A probe that takes nothing: the lock is tried and released at once (a
+  run that starts in between is caught by its own `RunLock`). Creates no
+  file or folder.
+  """
+  path = pathlib.Path(logdir) / LOCK_NAME
+  if not path.exists():
+    return
+  with open(path, encoding="utf-8") as handle:
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      holder = handle.read().strip() or "another process"
+      raise UsageError(f"{logdir} is in use by {holder}: wait for that run "
+                       f"to finish or stop it, or use another --logdir."
+                       ) from None
+    fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def write_atomically(path: pathlib.Path, text: str) -> None:
   """Writes `text` so that `path` is always either old or new, never half."""
   tmp = path.with_name(path.name + ".tmp")

@@ -109,7 +109,8 @@ def _run(config: TrainConfig, strategy: tf.distribute.Strategy, mode: str,
       str(outdir / "validation"))
   tensorboard.write_hparams(writer, hparams(config, mode))
   steps = steps_for(built, mode)
-  evaluator = evaluator_for(built, keep=run.projector_points, mode=mode)
+  evaluator = evaluator_for(built, keep=run.projector_points,
+                            keep_images=run.projector_points, mode=mode)
   title = (f"{config.model.head} head, {config.model.backbone} on "
            f"{data.name} - validation")
 
@@ -144,10 +145,6 @@ def _run(config: TrainConfig, strategy: tf.distribute.Strategy, mode: str,
   finally:
     writer.flush()
     validation_writer.flush()
-  echo(f"Done. TensorBoard logs: {logdir}  (view: tensorboard --logdir "
-       f"{logdir} --host 127.0.0.1)")
-  echo(f"Checkpoints: {logdir / 'checkpoints'} (best: "
-       f"{logdir / 'checkpoints' / 'best'});  export: {export_path}")
   return RunResult(logdir=logdir, step=step,
                    validation=controller.last_eval,
                    best_balanced_accuracy=float(built.counters.best.numpy()),

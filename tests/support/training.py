@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import pathlib
-import sys
+import importlib
 
 import numpy as np
 
@@ -48,13 +46,6 @@ def checkpoint_weights(logdir) -> dict[str, np.ndarray]:
 
 
 def train_script():
-  """train.py as a module, loaded once per process (absl flags can only be
-  defined once)."""
-  if "train_script" not in sys.modules:
-    root = pathlib.Path(__file__).resolve().parents[2]
-    spec = importlib.util.spec_from_file_location("train_script",
-                                                  root / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["train_script"] = module
-    spec.loader.exec_module(module)
-  return sys.modules["train_script"]
+  """The train command's module (`cfal.commands.train`, what train.py and
+  cfal-train run): its flags, `check_flags` and `config_from_flags`."""
+  return importlib.import_module("cfal.commands.train")

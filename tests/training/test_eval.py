@@ -39,7 +39,7 @@ def test_evaluation_writes_every_output(runs):
   report = evaluation.evaluate_run(
       evaluation.EvalConfig(logdir=str(runs["arcface"]), split="test"),
       echo=lines.append)
-  out = runs["arcface"] / "eval" / "test"
+  out = runs["arcface"] / "eval" / "test" / "ckpt-20"
   saved = json.loads((out / "report.json").read_text())
   assert saved["num_samples"] == 10_000 and saved["head"] == "arcface"
   for key in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1",
@@ -96,6 +96,38 @@ def test_compare_tabulates_runs(runs):
                                   "validation").splitlines()
   assert len(table) == 4 and "balanced acc." in table[0]
   assert "| arcface |" in table[2] and "| cfal |" in table[3]
+  assert "eval/validation/ckpt-20 |" in table[2]
+
+
+def test_checkpoints_and_the_saved_model_are_evaluated_into_their_own_runs(
+    runs):
+  # --saved_model used to replace the checkpoint's eval/test/ silently.
+  run = runs["arcface"]
+  earlier = sorted((run / "checkpoints").glob("ckpt-*.index"))[0]
+  configs = {
+      "ckpt-20": evaluation.EvalConfig(logdir=str(run), split="validation"),
+      earlier.stem: evaluation.EvalConfig(
+          logdir=str(run), split="validation",
+          checkpoint=str(earlier.with_suffix(""))),
+      "saved_model-export": evaluation.EvalConfig(
+          logdir=str(run), split="validation",
+          saved_model=str(run / "export")),
+  }
+  assert earlier.stem != "ckpt-20"
+  for config in configs.values():
+    evaluation.evaluate_run(config, echo=lambda _: None)
+  written = {p.parent.name: json.loads(p.read_text())
+             for p in (run / "eval" / "validation").glob("*/report.json")}
+  assert set(configs) <= set(written)
+  assert "SavedModel" in written["saved_model-export"]["evaluated"]
+  assert earlier.stem in written[earlier.stem]["evaluated"]
+  for name in configs:
+    out = run / "eval" / "validation" / name
+    assert list(out.glob("events.out.tfevents.*")), name
+    assert (out / "projector_config.pbtxt").exists(), name
+  # A run's directory means its newest evaluation to --compare.
+  assert documents.find_report(run, "validation").parent.name == (
+      "saved_model-export")
 
 
 def _one_line_usage_error(fn) -> str:
@@ -149,7 +181,7 @@ def _event_steps(folder: pathlib.Path) -> dict[str, set[int]]:
 def test_eval_summaries_are_written_at_the_checkpoints_step(runs):
   # They were written at step 0: a trained model's confusion matrix sat
   # where an untrained one's belongs, and there were no scalars.
-  out = runs["cfal"] / "eval" / "validation"
+  out = runs["cfal"] / "eval" / "validation" / "ckpt-20"
   evaluation.evaluate_run(
       evaluation.EvalConfig(logdir=str(runs["cfal"]), split="validation"),
       echo=lambda _: None)

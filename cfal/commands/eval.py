@@ -1,0 +1,94 @@
+"""cfal-eval: evaluate a trained run (metrics, embedding metrics, pictures).
+
+    cfal-eval --logdir=runs/fashion_mnist-cfal                 # test split, latest checkpoint
+    cfal-eval --logdir=runs/fashion_mnist-cfal --checkpoint=best --split=validation
+    cfal-eval --logdir=runs/fashion_mnist-cfal --saved_model=runs/fashion_mnist-cfal/export
+    cfal-eval --compare=runs/fashion_mnist-cfal,runs/fashion_mnist-softmax
+
+In a clone of the repository `python eval.py ...` is the same program.
+Results go to <logdir>/eval/<split>/<weights>/, the last folder naming the
+weights evaluated (ckpt-842, best-ckpt-700, saved_model-export), so no
+evaluation overwrites another: report.json, report.md, predictions.npz,
+confusion_matrix and embeddings pictures, projector files and TensorBoard
+summaries. --compare prints one markdown table of runs already evaluated.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("logdir", None, "Run directory written by cfal-train "
+                    "(train.py).")
+flags.DEFINE_enum("split", "test", ["test", "validation"], "Which split.")
+flags.DEFINE_string("checkpoint", "latest", "latest, best, or a checkpoint "
+                    "path.")
+flags.DEFINE_string("saved_model", None, "Evaluate this exported SavedModel "
+                    "(the data comes from --logdir's config).")
+flags.DEFINE_list("compare", None, "Run directories to tabulate side by side "
+                  "(each evaluated already).")
+flags.DEFINE_integer("batch_size", 256, "Global eval batch size.")
+flags.DEFINE_integer("gpus", 0, "Mirror over this many GPUs.")
+flags.DEFINE_integer("cpu_replicas", 0, "Mirror over N logical CPUs.")
+flags.DEFINE_string("output_dir", None, "Where to write (default "
+                    "<logdir>/eval/<split>/<weights>).")
+flags.DEFINE_bool("verbose", False, "Show tracebacks for errors.")
+
+
+def eval_config():
+  """The flags as the library's `EvalConfig`."""
+  from cfal.training.eval_config import EvalConfig  # pylint: disable=import-outside-toplevel
+  return EvalConfig(
+      logdir=FLAGS.logdir, split=FLAGS.split, checkpoint=FLAGS.checkpoint,
+      saved_model=FLAGS.saved_model, batch_size=FLAGS.batch_size,
+      gpus=FLAGS.gpus, cpu_replicas=FLAGS.cpu_replicas,
+      output_dir=FLAGS.output_dir)
+
+
+def check_flags() -> None:
+  """Usage errors that need no TensorFlow: one line, exit 2.
+
+  The run directory, the split, the checkpoint or SavedModel are checked
+  here, before TensorFlow loads, so a mistake shows at once.
+  """
+  # pylint: disable=import-outside-toplevel
+  from cfal.errors import UsageError
+  from cfal.training.eval_config import check_eval_config
+  if FLAGS.compare:
+    return
+  if not FLAGS.logdir:
+    raise UsageError("Pass --logdir=RUN (the run directory cfal-train "
+                     "wrote), or --compare=RUN1,RUN2.")
+  for name in ("batch_size",):
+    if FLAGS[name].value < 1:
+      raise UsageError(f"--{name} ({FLAGS[name].value}) must be >= 1.")
+  for name in ("gpus", "cpu_replicas"):
+    if FLAGS[name].value < 0:
+      raise UsageError(f"--{name} ({FLAGS[name].value}) must be >= 0.")
+  check_eval_config(eval_config())
+
+
+def main(argv) -> int:
+  from cfal import cli  # pylint: disable=import-outside-toplevel
+
+  def body():
+    # pylint: disable=import-outside-toplevel
+    from cfal.report import documents
+    from cfal.training import evaluate
+    if FLAGS.compare:
+      print(documents.compare_runs(FLAGS.compare, FLAGS.split))
+      return
+    evaluate.evaluate_run(eval_config())
+
+  return cli.run(cli.program_name(argv), argv, body, verbose=FLAGS.verbose,
+                 check=check_flags)
+
+
+def run() -> None:
+  """The `cfal-eval` console command (`python eval.py` calls it too)."""
+  from cfal import cli  # pylint: disable=import-outside-toplevel
+  cli.start(main, FLAGS, flags.Error, __doc__)
+
+
+if __name__ == "__main__":
+  run()
