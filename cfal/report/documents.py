@@ -1,4 +1,4 @@
-"""An evaluation as documents: report.json, report.md, predictions, PNGs.
+"""An evaluation as documents: report.json, report.md, predictions, figures.
 
 Also the terminal summary eval.py prints and `compare_runs`' markdown
 table of several evaluated runs. Nothing here runs a model: it renders an
@@ -16,6 +16,7 @@ import numpy as np
 
 from cfal.errors import UsageError
 from cfal.metrics.embedding import compactness_separation, retrieval_metrics
+from cfal.viz.formats import figure_formats
 
 
 def evaluation_report(result: Any, *, run: Any, logdir: str, split: str,
@@ -55,10 +56,38 @@ def evaluation_report(result: Any, *, run: Any, logdir: str, split: str,
 
 
 def write_outputs(out: pathlib.Path, report: dict, result: Any,
-                  prototypes: np.ndarray | None) -> dict[str, bytes]:
-  """report.json, report.md, predictions.npz and the two pictures as PNG;
-  returns the pictures' PNG bytes by name (for TensorBoard)."""
+                  prototypes: np.ndarray | None, *,
+                  formats: Sequence[str] = ("png",),
+                  dpi: float = 100) -> dict[str, bytes]:
+  """Writes report.json, report.md, predictions.npz and the two pictures.
+
+  The pictures, confusion_matrix and embeddings, are written once per
+  format (embeddings.png, embeddings.pdf, ...). PDF and SVG keep text and
+  axes as vectors and rasterise the scatter points
+  (`cfal.viz.plots.figure_to_bytes`).
+
+  Args:
+    out: the output directory (made if missing).
+    report: `evaluation_report`'s dict.
+    result: the `cfal.training.evaluator.EvalResult` it was made from.
+    prototypes: the head's prototypes to mark in the embedding picture,
+      or None.
+    formats: picture formats, any of `cfal.viz.formats.FIGURE_FORMATS`
+      ("png", "pdf", "svg").
+    dpi: resolution of the PNGs (and of the rasterised points in PDF and
+      SVG, at least 200 there).
+
+  Returns:
+    Each picture's PNG bytes at `dpi` by name ("confusion_matrix",
+    "embeddings"), for TensorBoard; rendered even when "png" is not among
+    `formats` (then no .png file is written).
+
+  Raises:
+    ValueError: an unknown format (before anything is written).
+  """
   from cfal.viz import plots  # pylint: disable=import-outside-toplevel
+  formats = figure_formats(formats)
+  rendered_formats = formats if "png" in formats else ("png", *formats)
   class_names = list(report["per_class"])
   out.mkdir(parents=True, exist_ok=True)
   (out / "report.json").write_text(json.dumps(report, indent=1,
@@ -76,10 +105,12 @@ def write_outputs(out: pathlib.Path, report: dict, result: Any,
           result.embeddings, result.labels, class_names, title,
           prototypes=prototypes, metric=report["embedding_metric"]),
   }
-  pngs = {name: plots.figure_to_png(figure)
-          for name, figure in figures.items()}
-  for name, png in pngs.items():
-    (out / f"{name}.png").write_bytes(png)
+  pngs = {}
+  for name, figure in figures.items():
+    files = plots.figure_to_bytes(figure, rendered_formats, dpi=dpi)
+    for fmt in formats:
+      (out / f"{name}.{fmt}").write_bytes(files[fmt])
+    pngs[name] = files["png"]
   return pngs
 
 

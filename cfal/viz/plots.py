@@ -4,8 +4,9 @@ Figures are built as `matplotlib.figure.Figure` objects on an explicit Agg
 canvas, never through pyplot, so they never open a window, work on headless
 machines and in threads, and leave the process-wide matplotlib backend
 alone (a notebook that imports cfal keeps its inline backend).
-`figure_to_png` and `figure_to_image_tensor` turn a figure into bytes or
-into the `[1, H, W, 4]` uint8 tensor `tf.summary.image` wants.
+`figure_to_bytes` (PNG, PDF, SVG), `figure_to_png` and
+`figure_to_image_tensor` turn a figure into file contents or into the
+`[1, H, W, 4]` uint8 tensor `tf.summary.image` wants.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from matplotlib.textpath import TextPath
 from matplotlib.transforms import Affine2D
 from sklearn.decomposition import PCA
 
+from cfal.viz.formats import figure_formats
+
 # NumPy arrays, tf.Tensors and tf.Variables (anything `np.asarray` takes).
 ArrayLike = Union[np.ndarray, tf.Tensor, tf.Variable, Sequence]
 
@@ -38,6 +41,18 @@ ArrayLike = Union[np.ndarray, tf.Tensor, tf.Variable, Sequence]
 MAX_ANNOTATED_CLASSES = 30
 # Beyond this many classes only every k-th tick label is drawn.
 MAX_TICK_LABELS = 60
+# Embedding scatter markers, (points, area in points^2, alpha) at both ends
+# of the range `marker_style` interpolates over.
+MARKER_FEW = (300, 24.0, 0.9)
+MARKER_MANY = (10_000, 4.0, 0.5)
+# PDF and SVG rasterise the scatter points at least at this resolution.
+VECTOR_RASTER_DPI = 200
+# The caption about prototypes away from their classes appears when more
+# than half of the prototypes sit farther than this many class radii from
+# the mean of their points (`prototype_offsets`).
+PROTOTYPE_OFFSET_RADII = 1.0
+# A prototype with fewer of its class's points than this is not judged.
+MIN_POINTS_PER_PROTOTYPE = 5
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -312,6 +327,126 @@ def _legend_handles(names: list[str], colors: np.ndarray,
   return handles
 
 
+def marker_style(num_points: int) -> tuple[float, float]:
+  """Scatter marker area (points^2) and alpha for `num_points` points.
+
+  Interpolated in log(num_points) between `MARKER_FEW` (few points: big,
+  nearly opaque dots) and `MARKER_MANY` (many points: small translucent
+  dots, so dense clusters show their density and overlaps show both
+  classes), clamped outside that range.
+
+  Args:
+    num_points: how many points the scatter draws.
+
+  Returns:
+    `(size, alpha)` for `Axes.scatter(s=size, alpha=alpha)`.
+  """
+  (n0, s0, a0), (n1, s1, a1) = MARKER_FEW, MARKER_MANY
+  t = (math.log(max(num_points, 1)) - math.log(n0)) / (
+      math.log(n1) - math.log(n0))
+  t = min(max(t, 0.0), 1.0)
+  size = math.exp(math.log(s0) + t * (math.log(s1) - math.log(s0)))
+  return size, a0 + t * (a1 - a0)
+
+
+def prototype_offsets(points: np.ndarray, labels: np.ndarray,
+                      prototypes: np.ndarray, prototype_classes: np.ndarray,
+                      origin: np.ndarray) -> dict[str, np.ndarray]:
+  """Where each prototype sits relative to the points of its class.
+
+  Each point of class c belongs to the nearest of class c's prototypes
+  (all of them to the one prototype when there is one per class). For a
+  prototype p whose points have mean mu and RMS distance r to mu (the
+  class radius), and o the origin of the embedding space:
+
+  * `offset` = |p - mu| / r: 0 on the class mean, above 1 outside the
+    class's typical radius;
+  * `norm_ratio` = |p - o| / |mu - o|: 0.4 when the prototype is at 0.4
+    of the class mean's distance from the origin;
+  * `cosine` between p - o and mu - o: near 1 when prototype and class
+    mean lie in the same direction from the origin.
+
+  All in the coordinates given, which should be the plotted ones (for a
+  PCA picture: points, prototypes and origin projected by the same PCA).
+  Prototypes with fewer than `MIN_POINTS_PER_PROTOTYPE` points, or with
+  all of them on one spot, get NaN.
+
+  Args:
+    points: `[N, k]` plotted points.
+    labels: `[N]` their classes.
+    prototypes: `[M, k]` plotted prototypes.
+    prototype_classes: `[M]` the class of each prototype.
+    origin: `[k]` the embedding space's origin in these coordinates.
+
+  Returns:
+    `{"offset", "norm_ratio", "cosine"}`, each `[M]`.
+  """
+  num = prototypes.shape[0]
+  out = {key: np.full(num, np.nan) for key in
+         ("offset", "norm_ratio", "cosine")}
+  for c in np.unique(prototype_classes):
+    owned = np.flatnonzero(prototype_classes == c)
+    pts = points[labels == c]
+    if pts.shape[0] < MIN_POINTS_PER_PROTOTYPE:
+      continue
+    distances = np.linalg.norm(
+        pts[:, None, :] - prototypes[owned][None, :, :], axis=-1)
+    nearest = np.argmin(distances, axis=1)
+    for j, k in enumerate(owned):
+      mine = pts[nearest == j]
+      if mine.shape[0] < MIN_POINTS_PER_PROTOTYPE:
+        continue
+      mean = mine.mean(axis=0)
+      radius = math.sqrt(np.mean(np.sum((mine - mean) ** 2, axis=1)))
+      if radius <= 0:
+        continue
+      p, m = prototypes[k] - origin, mean - origin
+      out["offset"][k] = np.linalg.norm(p - m) / radius
+      p_norm, m_norm = np.linalg.norm(p), np.linalg.norm(m)
+      if m_norm > 0:
+        out["norm_ratio"][k] = p_norm / m_norm
+        if p_norm > 0:
+          out["cosine"][k] = float(p @ m) / (p_norm * m_norm)
+  return out
+
+
+def _prototype_caption(points: np.ndarray, labels: np.ndarray,
+                       prototypes: np.ndarray,
+                       prototype_classes: np.ndarray,
+                       origin: np.ndarray) -> str | None:
+  """One line saying where the prototypes sit, if most are off their class.
+
+  Shown when more than half of the judged prototypes (`prototype_offsets`)
+  lie more than `PROTOTYPE_OFFSET_RADII` class radii from the mean of
+  their points. When they are in the direction of their class means (median
+  cosine >= 0.9) at a clearly different norm (median ratio off 1 by 0.2 or
+  more) the line gives the median norm ratio, else the median offset in
+  class radii.
+  """
+  offsets = prototype_offsets(points, labels, prototypes, prototype_classes,
+                              origin)
+  judged = ~np.isnan(offsets["offset"])
+  if not judged.any():
+    return None
+  away = offsets["offset"][judged] > PROTOTYPE_OFFSET_RADII
+  if away.mean() <= 0.5:
+    return None
+  count = int(judged.sum())
+  cosine = offsets["cosine"][judged]
+  ratio = offsets["norm_ratio"][judged]
+  r = float(np.median(ratio)) if not np.isnan(ratio).any() else 1.0
+  if (not np.isnan(cosine).any() and np.median(cosine) >= 0.9
+      and abs(r - 1) >= 0.2):
+    where = ("the embeddings lie beyond them" if r < 1
+             else "the embeddings lie short of them")
+    return (f"Prototypes (\u2605) sit at {r:.2g}\u00d7 the norm of their "
+            f"class means (median of {count}): {where}, not a plotting "
+            f"error.")
+  return (f"Prototypes (\u2605) sit {np.median(offsets['offset'][judged]):.2g}"
+          f" class radii from their class means (median of {count}), not a "
+          f"plotting error.")
+
+
 def embedding_figure(embeddings: ArrayLike, labels: ArrayLike,
                      class_names: Sequence[str] | None = None,
                      title: str = "", prototypes: ArrayLike | None = None,
@@ -319,7 +454,8 @@ def embedding_figure(embeddings: ArrayLike, labels: ArrayLike,
                      seed: int = 0) -> Figure:
   """Scatter plot of embeddings coloured by class, with class prototypes.
 
-  * D == 2: the embeddings as they are.
+  * D == 2: the embeddings as they are, with equal scales on both axes
+    (a center-loss picture's rays keep their angles and lengths).
   * D == 3: a 3-D scatter; with `metric="cosine"` the points and
     prototypes are first normalised onto the unit sphere (a faint wire
     sphere is drawn), as in the ArcFace-on-MNIST pictures.
@@ -335,8 +471,19 @@ def embedding_figure(embeddings: ArrayLike, labels: ArrayLike,
 
   At most `max_points` points are drawn, a random subset chosen with
   `seed`, in random order so no class is systematically painted over.
-  Rows with NaN or inf are dropped (and counted in the panel title), so a
-  diverging run still gets its picture.
+  Their size and opacity shrink as their number grows (`marker_style`),
+  and they are one rasterised layer in PDF and SVG. Rows with NaN or inf
+  are dropped (and counted in the panel title), so a diverging run still
+  gets its picture.
+
+  With `metric="euclidean"` and prototypes, a one-line caption under the
+  axes says where the prototypes sit when more than half of them are
+  farther than `PROTOTYPE_OFFSET_RADII` class radii from the mean of their
+  class's plotted points (`prototype_offsets`, measured in the plotted
+  coordinates: after the PCA for D > 3). Trained CFAL/affinity heads leave
+  the embeddings beyond their prototypes, which otherwise looks like a
+  plotting error; the caption then gives the median |prototype| / |class
+  mean| (norms from the embedding space's origin).
 
   Args:
     embeddings: `[N, D]`, D >= 2 (array, tensor or variable).
@@ -415,7 +562,7 @@ def embedding_figure(embeddings: ArrayLike, labels: ArrayLike,
            else f"{total:,} points")
   if dropped:
     shown += f", {dropped:,} non-finite dropped"
-  size = float(np.clip(3000.0 / max(x.shape[0], 1), 4.0, 20.0))
+  size, alpha = marker_style(x.shape[0])
   legend_cols = max(1, math.ceil(num_classes / 20))
   fig = _new_figure(7.0 + 1.4 * legend_cols, 6.2)
 
@@ -427,7 +574,7 @@ def embedding_figure(embeddings: ArrayLike, labels: ArrayLike,
       ax.plot_wireframe(np.cos(u) * np.sin(v), np.sin(u) * np.sin(v),
                         np.cos(v), color="0.8", linewidth=0.4)
     ax.scatter(x[:, 0], x[:, 1], x[:, 2], c=colors[y], s=size,
-               linewidths=0, alpha=0.8, depthshade=False)
+               linewidths=0, alpha=alpha, depthshade=False, rasterized=True)
     if protos is not None:
       ax.scatter(protos[:, 0], protos[:, 1], protos[:, 2],
                  c=colors[proto_classes], s=220, marker="*",
@@ -436,6 +583,7 @@ def embedding_figure(embeddings: ArrayLike, labels: ArrayLike,
     ax.set_xlabel("dim 1")
     ax.set_ylabel("dim 2")
     ax.set_zlabel("dim 3")
+    points, origin = x, np.zeros(3)
     view = ("unit sphere (cosine)" if metric == "cosine"
             else "3-D embeddings")
     if metric == "cosine":
@@ -445,7 +593,7 @@ def embedding_figure(embeddings: ArrayLike, labels: ArrayLike,
   else:
     ax = fig.add_subplot()
     if dim == 2:
-      points = x
+      points, origin = x, np.zeros(2)
       ax.set_xlabel("dim 1")
       ax.set_ylabel("dim 2")
       view = "2-D embeddings"
@@ -462,21 +610,31 @@ def embedding_figure(embeddings: ArrayLike, labels: ArrayLike,
       else:
         mean, components, ratio = np.zeros(dim), np.eye(2, dim), np.zeros(2)
       points = (x - mean) @ components.T
+      origin = -mean @ components.T   # where the embeddings' 0 lands
       if protos is not None:
         protos = (protos - mean) @ components.T
       ax.set_xlabel(f"PC1 ({100 * ratio[0]:.1f}% of variance)")
       ax.set_ylabel(f"PC2 ({100 * ratio[1]:.1f}% of variance)")
       kind = "unit-normalised " if metric == "cosine" else ""
       view = f"PCA of {kind}{dim}-D embeddings"
+    # Rasterised: in PDF/SVG the points become one image at the save dpi
+    # (10,000 vector dots would make a file of megabytes), while text,
+    # axes and prototypes stay vector.
     ax.scatter(points[:, 0], points[:, 1], c=colors[y], s=size,
-               linewidths=0, alpha=0.8, zorder=1)
+               linewidths=0, alpha=alpha, zorder=1, rasterized=True)
     if protos is not None:
       ax.scatter(protos[:, 0], protos[:, 1], c=colors[proto_classes], s=260,
                  marker="*", edgecolors="black", linewidths=1.2, zorder=3)
-    if metric == "cosine" and dim == 2:
+    if dim == 2:
+      # One unit is as long on both axes, so radial clusters (center loss,
+      # cosine heads) keep their angles and lengths.
       ax.set_aspect("equal", adjustable="datalim")
     ax.grid(True, linewidth=0.3, alpha=0.5)
   ax.set_title(f"{view}, {shown}", fontsize=10)
+  if protos is not None and metric == "euclidean":
+    caption = _prototype_caption(points, y, protos, proto_classes, origin)
+    if caption:
+      fig.supxlabel(caption, fontsize=8.5, color="0.2")
   fig.legend(handles=_legend_handles(names, colors, protos is not None),
              loc="outside right center", ncols=legend_cols, fontsize=8,
              frameon=False, title="class")
@@ -497,6 +655,38 @@ def _close(fig: Figure) -> None:
   fig.clear()
 
 
+def figure_to_bytes(fig: Figure, formats: Sequence[str] = ("png",),
+                    dpi: float = 100) -> dict[str, bytes]:
+  """Renders a figure once per format and closes it.
+
+  PDF and SVG keep text, lines and markers as vectors; the embedding
+  scatter points are rasterised (`rasterized=True`) at `dpi`, or at
+  `VECTOR_RASTER_DPI` if that is more, so that print stays sharp.
+
+  Args:
+    fig: a matplotlib figure (from this module or from pyplot).
+    formats: any of `FIGURE_FORMATS` ("png", "pdf", "svg").
+    dpi: resolution of PNGs (pixels per inch of the figure's size).
+
+  Returns:
+    `{format: file contents}`, in the order of `formats`.
+
+  Raises:
+    ValueError: a format not in `FIGURE_FORMATS`.
+  """
+  formats = figure_formats(formats)
+  try:
+    rendered = {}
+    for fmt in formats:
+      buffer = io.BytesIO()
+      fig.savefig(buffer, format=fmt, dpi=dpi if fmt == "png"
+                  else max(dpi, VECTOR_RASTER_DPI))
+      rendered[fmt] = buffer.getvalue()
+  finally:
+    _close(fig)
+  return rendered
+
+
 def figure_to_png(fig: Figure, dpi: float = 100) -> bytes:
   """Renders a figure to PNG bytes and closes it.
 
@@ -507,12 +697,7 @@ def figure_to_png(fig: Figure, dpi: float = 100) -> bytes:
   Returns:
     The PNG file contents.
   """
-  buffer = io.BytesIO()
-  try:
-    fig.savefig(buffer, format="png", dpi=dpi)
-  finally:
-    _close(fig)
-  return buffer.getvalue()
+  return figure_to_bytes(fig, ("png",), dpi)["png"]
 
 
 def figure_to_image_tensor(fig: Figure, dpi: float = 100) -> tf.Tensor:
