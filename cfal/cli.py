@@ -28,6 +28,9 @@ _NOISE = re.compile("|".join((
 )))
 
 
+_HELP = ("-h", "-?", "--help", "--helpshort", "--helpfull", "--helpxml")
+
+
 def program_name(argv: list[str] | None = None) -> str:
   """How the user called the program ("cfal-train", "train.py"), from
   `argv[0]` (default `sys.argv`), for the prefix of its messages."""
@@ -123,6 +126,12 @@ def flags_parser(program: str, flag_values, error_type: type):
   def parse(argv: list[str]) -> list[str]:
     try:
       return flag_values(argv)
+    except SystemExit as done:
+      # absl exits 1 after printing --help; asking for help succeeded.
+      if done.code == 1 and any(arg.split("=")[0] in _HELP
+                                for arg in argv[1:]):
+        sys.exit(0)
+      raise
     except error_type as error:
       message = " ".join(str(error).split()).removeprefix("ERROR:: ")
       print(f"{program}: {message} (see --help)", file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import re
 import pathlib
 import subprocess
 import sys
@@ -142,3 +143,18 @@ def test_run_directory_errors_come_before_tensorflow(tmp_path):
   assert code == 2 and lines == [
       f"eval.py: --saved_model={tmp_path}/export is not a SavedModel (no "
       f"saved_model.pb); train.py exports one to <logdir>/export."]
+
+
+@pytest.mark.parametrize("script", ["train.py", "eval.py"])
+def test_help_exits_0_and_names_only_recipes_that_exist(script):
+  # absl exits 1 after --help; and train.py's help named a recipe file
+  # (flags/cfal_fashion_mnist_lt.flags) that did not exist.
+  done = subprocess.run([sys.executable, str(ROOT / script), "--help"],
+                        capture_output=True, text=True, cwd=ROOT, timeout=120)
+  assert done.returncode == 0, done.stderr
+  assert "--logdir" in done.stdout
+  named = re.findall(r"flags/[\w./-]+\.flags", done.stdout)
+  if script == "train.py":
+    assert named
+  for recipe in named:
+    assert (ROOT / recipe).is_file(), recipe
