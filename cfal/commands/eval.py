@@ -9,7 +9,8 @@ In a clone of the repository `python eval.py ...` is the same program.
 Results go to <logdir>/eval/<split>/<weights>/, the last folder naming the
 weights evaluated (ckpt-842, best-ckpt-700, saved_model-export), so no
 evaluation overwrites another: report.json, report.md, predictions.npz,
-confusion_matrix and embeddings pictures, projector files and TensorBoard
+confusion_matrix and embeddings pictures (--figure_format=png,pdf,svg,
+--dpi), projector files and TensorBoard
 summaries. --compare prints one markdown table of runs already evaluated.
 """
 
@@ -32,17 +33,25 @@ flags.DEFINE_integer("gpus", 0, "Mirror over this many GPUs.")
 flags.DEFINE_integer("cpu_replicas", 0, "Mirror over N logical CPUs.")
 flags.DEFINE_string("output_dir", None, "Where to write (default "
                     "<logdir>/eval/<split>/<weights>).")
+flags.DEFINE_string("figure_format", "png", "Picture formats, comma-separated: "
+                    "png, pdf, svg (vector text and axes, rasterised "
+                    "points), e.g. png,pdf.")
+flags.DEFINE_integer("dpi", 100, "Resolution of the PNG pictures (and of the "
+                     "points in PDF/SVG, at least 200 there).")
 flags.DEFINE_bool("verbose", False, "Show tracebacks for errors.")
 
 
 def eval_config():
   """The flags as the library's `EvalConfig`."""
-  from cfal.training.eval_config import EvalConfig  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from cfal.training.eval_config import EvalConfig
+  from cfal.viz.formats import figure_formats
   return EvalConfig(
       logdir=FLAGS.logdir, split=FLAGS.split, checkpoint=FLAGS.checkpoint,
       saved_model=FLAGS.saved_model, batch_size=FLAGS.batch_size,
       gpus=FLAGS.gpus, cpu_replicas=FLAGS.cpu_replicas,
-      output_dir=FLAGS.output_dir)
+      output_dir=FLAGS.output_dir,
+      figure_formats=figure_formats(FLAGS.figure_format), dpi=FLAGS.dpi)
 
 
 def check_flags() -> None:
@@ -54,6 +63,7 @@ def check_flags() -> None:
   # pylint: disable=import-outside-toplevel
   from cfal.errors import UsageError
   from cfal.training.eval_config import check_eval_config
+  from cfal.viz.formats import figure_formats
   if FLAGS.compare:
     return
   if not FLAGS.logdir:
@@ -62,6 +72,13 @@ def check_flags() -> None:
   for name in ("batch_size",):
     if FLAGS[name].value < 1:
       raise UsageError(f"--{name} ({FLAGS[name].value}) must be >= 1.")
+  if not 10 <= FLAGS.dpi <= 1200:
+    raise UsageError(f"--dpi ({FLAGS.dpi}) must be in [10, 1200].")
+  try:
+    figure_formats(FLAGS.figure_format)
+  except ValueError as error:
+    raise UsageError(f"--figure_format={FLAGS.figure_format}: {error}"
+                     ) from None
   for name in ("gpus", "cpu_replicas"):
     if FLAGS[name].value < 0:
       raise UsageError(f"--{name} ({FLAGS[name].value}) must be >= 0.")

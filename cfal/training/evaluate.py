@@ -108,7 +108,9 @@ def _evaluate(config: EvalConfig, run: TrainConfig, echo: Printer) -> dict:
       metric=metric, step=step, progress=_progress_line(echo))
   out = pathlib.Path(config.output_dir or logdir / "eval" / config.split /
                      output_name(logdir, config, path))
-  pngs = documents.write_outputs(out, report, result, prototypes)
+  pngs = documents.write_outputs(out, report, result, prototypes,
+                                 formats=config.figure_formats,
+                                 dpi=config.dpi)
   writer = tf.summary.create_file_writer(str(out))
   tensorboard.write_evaluation(
       writer, result, step=step if step is not None else 0,
@@ -117,8 +119,10 @@ def _evaluate(config: EvalConfig, run: TrainConfig, echo: Printer) -> dict:
       projector_points=PROJECTOR_POINTS, pngs=pngs)
   writer.close()
   echo(documents.summary_table(report))
+  pictures = ", ".join(f"{name}.{fmt}" for name in pngs
+                       for fmt in config.figure_formats)
   echo(f"Wrote {out}/: report.json, report.md, predictions.npz, "
-       f"confusion_matrix.png, embeddings.png, projector files.")
+       f"{pictures}, projector files.")
   return report
 
 

@@ -75,10 +75,15 @@ def _run(script: str, *args: str, cwd=ROOT) -> tuple[int, list[str], float]:
     ("eval.py", ["--logdir=/nonexistent/run"], "eval.py: Run directory "
      "/nonexistent/run does not exist; pass the --logdir that train.py "
      "wrote."),
+    ("eval.py", ["--logdir=x", "--figure_format=png,jpg"], "eval.py: "
+     "--figure_format=png,jpg: Unknown figure format 'jpg'; valid formats "
+     "are png, pdf, svg."),
+    ("eval.py", ["--logdir=x", "--dpi=5"], "eval.py: --dpi (5) must be in "
+     "[10, 1200]."),
 ], ids=["unknown_flag", "missing_flagfile", "bad_enum", "head_value",
         "head_option", "cfal_sigma", "dataset", "backbone_arg", "batch_size",
         "gpus_and_cpus", "positional", "eval_bad_enum", "eval_no_logdir",
-        "eval_missing_run"])
+        "eval_missing_run", "eval_figure_format", "eval_dpi"])
 def test_usage_errors_are_one_line_exit_2_before_tensorflow(script, args,
                                                             expected):
   code, lines, elapsed = _run(script, *args)

@@ -67,6 +67,20 @@ def test_evaluation_writes_every_output(runs):
   assert "balanced acc." in printed and "Ankle boot" in printed
 
 
+def test_pictures_in_every_format_asked_for(runs, tmp_path):
+  lines = []
+  evaluation.evaluate_run(
+      evaluation.EvalConfig(logdir=str(runs["cfal"]), split="validation",
+                            output_dir=str(tmp_path), dpi=50,
+                            figure_formats=("pdf", "svg")),
+      echo=lines.append)
+  for name in ("confusion_matrix", "embeddings"):
+    assert (tmp_path / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+    assert b"<svg" in (tmp_path / f"{name}.svg").read_bytes()[:2000]
+    assert not (tmp_path / f"{name}.png").exists()
+  assert "embeddings.pdf, embeddings.svg" in lines[-1]
+
+
 def test_saved_model_gives_the_checkpoints_predictions(runs, tmp_path):
   run = runs["cfal"]
   from_checkpoint = evaluation.evaluate_run(
