@@ -8,6 +8,7 @@ import importlib
 import os
 import pathlib
 import re
+import shlex
 import shutil
 import sys
 import tempfile
@@ -28,7 +29,8 @@ _NOISE = re.compile("|".join((
 )))
 
 
-_HELP = ("-h", "-?", "--help", "--helpshort", "--helpfull", "--helpxml")
+# absl's help flags, with one or two dashes (absl takes both).
+_HELP = ("?", "help", "helpshort", "helpfull", "helpxml")
 
 
 def program_name(argv: list[str] | None = None) -> str:
@@ -68,26 +70,36 @@ def command(name: str) -> str:
   found = shutil.which(name)
   if not beside.exists() or (found and _same_path(found, beside)):
     return name
-  try:
-    return str(beside.relative_to(pathlib.Path.cwd()))
-  except ValueError:
-    return str(beside)
+  return shlex.quote(_shown(beside))
 
 
-def done_lines(program: str, logdir: os.PathLike,
-               export_path: os.PathLike | None) -> list[str]:
+def done_lines(argv0: str, logdir: os.PathLike,
+               export_path: os.PathLike | None, *,
+               has_test_split: bool = True) -> list[str]:
   """What a finished training run prints: where things are, and the two
-  commands to run next, spelled so that they work from here (`program` is
-  how training was called: "train.py" or "cfal-train")."""
-  if program == "train.py":
-    evaluate = f"{_python()} eval.py"
+  commands to run next, spelled so that they work from here.
+
+  Args:
+    argv0: how training was called (`sys.argv[0]`): a script ("train.py",
+      any path to it) is followed by its sibling eval.py, run by this
+      Python; the console command by `cfal-eval`.
+    logdir, export_path: what the run wrote.
+    has_test_split: whether the data has a test split (an image folder
+      has none: its evaluation is of the validation split).
+  """
+  if argv0.endswith(".py"):
+    script = pathlib.Path(argv0).with_name("eval.py")
+    evaluate = f"{_python()} {shlex.quote(_shown(script))}"
   else:
     evaluate = command("cfal-eval")
+  split = "test" if has_test_split else "validation"
+  where = shlex.quote(str(logdir))
   lines = [f"Done. Checkpoints in {pathlib.Path(logdir) / 'checkpoints'}"
            + (f", SavedModel in {export_path}" if export_path else "") + "."]
-  lines.append(f"Evaluate on the test split: {evaluate} --logdir={logdir}")
+  lines.append(f"Evaluate on the {split} split: {evaluate} --logdir={where}"
+               + ("" if has_test_split else " --split=validation"))
   lines.append(f"Watch it in TensorBoard: {command('tensorboard')} "
-               f"--logdir={logdir} --host=127.0.0.1")
+               f"--logdir={where} --host=127.0.0.1")
   return lines
 
 
@@ -98,10 +110,21 @@ def _python() -> str:
     found = shutil.which(name)
     if found and _same_path(found, sys.executable):
       return name
-  try:
-    return str(pathlib.Path(sys.executable).relative_to(pathlib.Path.cwd()))
-  except ValueError:
-    return sys.executable
+  return shlex.quote(_shown(sys.executable))
+
+
+def _shown(path: os.PathLike) -> str:
+  """`path` as a command line shows it: relative when below the working
+  directory, else as given. Links are not resolved: a virtual
+  environment's bin/python is a link whose own path brings the
+  environment."""
+  path = pathlib.Path(path)
+  if path.is_absolute():
+    try:
+      return str(path.relative_to(pathlib.Path.cwd()))
+    except ValueError:
+      pass
+  return str(path)
 
 
 def _same_path(a: os.PathLike, b: os.PathLike) -> bool:
@@ -128,7 +151,7 @@ def flags_parser(program: str, flag_values, error_type: type):
       return flag_values(argv)
     except SystemExit as done:
       # absl exits 1 after printing --help; asking for help succeeded.
-      if done.code == 1 and any(arg.split("=")[0] in _HELP
+      if done.code == 1 and any(arg.split("=")[0].lstrip("-") in _HELP
                                 for arg in argv[1:]):
         sys.exit(0)
       raise

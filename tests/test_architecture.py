@@ -151,8 +151,34 @@ def test_only_the_commands_define_flags():
   for path in _library_files():
     if commands in path.parents:
       continue
-    text = path.read_text()
-    assert "absl import flags" not in text and "absl.flags" not in text, path
+    assert not _imports_absl_flags(path), path
+
+
+def _imports_absl_flags(path: pathlib.Path) -> bool:
+  """Whether `path` imports absl's flags module, however it is spelled
+  (`from absl import app, flags`, `import absl.flags`, ...)."""
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      if any(a.name == "absl.flags" or a.name.startswith("absl.flags.")
+             for a in node.names):
+        return True
+    elif isinstance(node, ast.ImportFrom):
+      module = node.module or ""
+      if module == "absl.flags" or module.startswith("absl.flags."):
+        return True
+      if module == "absl" and any(a.name == "flags" for a in node.names):
+        return True
+  return False
+
+
+def test_the_flags_check_sees_every_spelling(tmp_path):
+  for text in ("from absl import app, flags\n", "import absl.flags\n",
+               "from absl.flags import FLAGS\n"):
+    (tmp_path / "m.py").write_text(text)
+    assert _imports_absl_flags(tmp_path / "m.py"), text
+  (tmp_path / "m.py").write_text("from absl import app, logging\n")
+  assert not _imports_absl_flags(tmp_path / "m.py")
+  assert _imports_absl_flags(ROOT / "cfal" / "commands" / "train.py")
 
 
 def test_importing_the_library_does_not_define_flags():

@@ -78,3 +78,49 @@ def test_noise_patterns_match_only_the_banners():
                            "on. You may see")
   assert not cli._NOISE.search("E0000 failed to load libcudnn.so.9")
   assert not cli._NOISE.search("Could not load dynamic library 'libcudart'")
+
+
+def test_done_lines_from_the_checkout(monkeypatch):
+  monkeypatch.chdir(ROOT)
+  lines = cli.done_lines("train.py", "runs/x", "runs/x/export")
+  assert lines[0] == ("Done. Checkpoints in runs/x/checkpoints, SavedModel "
+                      "in runs/x/export.")
+  assert lines[1].endswith(" eval.py --logdir=runs/x")
+  assert lines[1].startswith("Evaluate on the test split: ")
+  assert "tensorboard --logdir=runs/x --host=127.0.0.1" in lines[2]
+
+
+def test_done_lines_from_elsewhere_name_the_scripts_path(monkeypatch,
+                                                         tmp_path):
+  # Run as `python /path/to/train.py` from another folder, the suggestion
+  # was `python eval.py`, which is not there.
+  monkeypatch.chdir(tmp_path)
+  script = os.path.join(ROOT, "train.py")
+  lines = cli.done_lines(script, "my runs/x", None)
+  evaluate = lines[1].split(": ", 1)[1]
+  assert f"{os.path.join(ROOT, 'eval.py')} --logdir='my runs/x'" in evaluate
+  assert lines[0] == "Done. Checkpoints in my runs/x/checkpoints."
+
+
+def test_done_lines_for_a_folder_evaluate_validation(monkeypatch):
+  monkeypatch.chdir(ROOT)
+  lines = cli.done_lines("cfal-train", "runs/tiles", None,
+                         has_test_split=False)
+  assert lines[1].startswith("Evaluate on the validation split: ")
+  assert lines[1].endswith("--logdir=runs/tiles --split=validation")
+  assert "cfal-eval" in lines[1]
+
+
+def test_suggested_commands_run_this_environment(monkeypatch):
+  # With the environment not activated, the bare name would find another
+  # tensorboard (or none); the suggestion is the one beside this Python.
+  import pathlib  # pylint: disable=import-outside-toplevel
+  monkeypatch.setenv("PATH", "/nonexistent")
+  beside = pathlib.Path(sys.executable).parent / "tensorboard"
+  assert beside.exists()
+  shown = cli.command("tensorboard")
+  assert shown != "tensorboard"
+  assert pathlib.Path(shown).resolve() == beside.resolve() or (
+      (pathlib.Path.cwd() / shown).resolve() == beside.resolve())
+  monkeypatch.setenv("PATH", str(beside.parent))
+  assert cli.command("tensorboard") == "tensorboard"

@@ -54,6 +54,13 @@ def eval_config():
       figure_formats=figure_formats(FLAGS.figure_format), dpi=FLAGS.dpi)
 
 
+def compared_reports() -> list:
+  """The report.json of each --compare entry (a run's newest evaluation of
+  --split, or an evaluation folder)."""
+  from cfal.training.eval_config import find_report  # pylint: disable=import-outside-toplevel
+  return [find_report(path, FLAGS.split) for path in FLAGS.compare]
+
+
 def check_flags() -> None:
   """Usage errors that need no TensorFlow: one line, exit 2.
 
@@ -65,6 +72,7 @@ def check_flags() -> None:
   from cfal.training.eval_config import check_eval_config
   from cfal.viz.formats import figure_formats
   if FLAGS.compare:
+    compared_reports()   # a run not evaluated yet is a usage error
     return
   if not FLAGS.logdir:
     raise UsageError("Pass --logdir=RUN (the run directory cfal-train "
@@ -93,7 +101,7 @@ def main(argv) -> int:
     from cfal.report import documents
     from cfal.training import evaluate
     if FLAGS.compare:
-      print(documents.compare_runs(FLAGS.compare, FLAGS.split))
+      print(documents.compare_runs(compared_reports()))
       return
     evaluate.evaluate_run(eval_config())
 

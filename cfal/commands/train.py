@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 
-from absl import app, flags
+from absl import flags
 
 from cfal.backbones.registry import BACKBONES
 from cfal.heads.registry import HEADS
@@ -305,10 +305,13 @@ def main(argv) -> int:
 
   def body():
     from cfal.training.runner import train  # pylint: disable=import-outside-toplevel
-    result = train(config_from_flags())
+    config = config_from_flags()
+    result = train(config)
     if result.is_chief:
-      for line in cli.done_lines(program, result.logdir,
-                                 result.export_path):
+      from cfal.data.config import has_test_split  # pylint: disable=import-outside-toplevel
+      for line in cli.done_lines(
+          argv[0], result.logdir, result.export_path,
+          has_test_split=has_test_split(config.data.name)):
         print(line)
 
   return cli.run(program, argv, body, verbose=FLAGS.verbose,

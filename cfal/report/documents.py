@@ -14,7 +14,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from cfal.errors import UsageError
 from cfal.metrics.embedding import compactness_separation, retrieval_metrics
 from cfal.viz.formats import figure_formats
 
@@ -55,6 +54,10 @@ def evaluation_report(result: Any, *, run: Any, logdir: str, split: str,
   return report
 
 
+# The resolution of the pictures that go to TensorBoard, whatever --dpi.
+TENSORBOARD_DPI = 100
+
+
 def write_outputs(out: pathlib.Path, report: dict, result: Any,
                   prototypes: np.ndarray | None, *,
                   formats: Sequence[str] = ("png",),
@@ -78,16 +81,15 @@ def write_outputs(out: pathlib.Path, report: dict, result: Any,
       SVG, at least 200 there).
 
   Returns:
-    Each picture's PNG bytes at `dpi` by name ("confusion_matrix",
-    "embeddings"), for TensorBoard; rendered even when "png" is not among
-    `formats` (then no .png file is written).
+    Each picture's PNG bytes at `TENSORBOARD_DPI` by name
+    ("confusion_matrix", "embeddings"), for TensorBoard; rendered even
+    when "png" is not among `formats` (then no .png file is written).
 
   Raises:
     ValueError: an unknown format (before anything is written).
   """
   from cfal.viz import plots  # pylint: disable=import-outside-toplevel
   formats = figure_formats(formats)
-  rendered_formats = formats if "png" in formats else ("png", *formats)
   class_names = list(report["per_class"])
   out.mkdir(parents=True, exist_ok=True)
   (out / "report.json").write_text(json.dumps(report, indent=1,
@@ -107,10 +109,14 @@ def write_outputs(out: pathlib.Path, report: dict, result: Any,
   }
   pngs = {}
   for name, figure in figures.items():
-    files = plots.figure_to_bytes(figure, rendered_formats, dpi=dpi)
+    # TensorBoard's copy is always at the default resolution, so a print
+    # dpi never puts 10,000-pixel images into the event files.
+    reuse = "png" in formats and dpi == TENSORBOARD_DPI
+    files = plots.figure_to_bytes(figure, formats, dpi=dpi, close=reuse)
     for fmt in formats:
       (out / f"{name}.{fmt}").write_bytes(files[fmt])
-    pngs[name] = files["png"]
+    pngs[name] = files["png"] if reuse else plots.figure_to_bytes(
+        figure, ("png",), dpi=TENSORBOARD_DPI)["png"]
   return pngs
 
 
@@ -179,27 +185,12 @@ def markdown_report(report: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def find_report(path: str | pathlib.Path, split: str) -> pathlib.Path:
-  """The report.json `path` names: `path` is an evaluation's own folder
-  (`<run>/eval/test/best-ckpt-700`), or a run, whose newest evaluation of
-  `split` is taken (eval.py writes one folder per weights evaluated)."""
-  path = pathlib.Path(path)
-  if (path / "report.json").exists():
-    return path / "report.json"
-  found = sorted((path / "eval" / split).glob("*/report.json"),
-                 key=lambda p: p.stat().st_mtime)
-  if not found:
-    raise UsageError(f"{path} has no evaluation of the {split} split: run "
-                     f"eval.py --logdir={path} --split={split} first.")
-  return found[-1]
-
-
-def compare_runs(logdirs: Sequence[str], split: str = "test") -> str:
-  """One markdown table of the key metrics of several evaluated runs."""
+def compare_runs(report_paths: Sequence[str | pathlib.Path]) -> str:
+  """One markdown table of the key metrics of several evaluations, given
+  their report.json files; each row is named by the evaluation's folder."""
   reports = []
   names = []
-  for logdir in logdirs:
-    path = find_report(logdir, split)
+  for path in map(pathlib.Path, report_paths):
     names.append(str(path.parent))
     reports.append(json.loads(path.read_text()))
   emb_keys = _embedding_keys(reports[0])

@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import re
 
 from cfal.data.config import has_test_split
 from cfal.errors import UsageError
 from cfal.training.config import TrainConfig
+from cfal.training.run_dir import latest_checkpoint
 
 SPLITS = ("test", "validation")
 CHECKPOINTS = ("latest", "best")
@@ -55,11 +55,11 @@ def load_run_config(logdir: str | pathlib.Path) -> TrainConfig:
   path = pathlib.Path(logdir)
   if not path.is_dir():
     raise UsageError(f"Run directory {path} does not exist; pass the "
-                     f"--logdir that train.py wrote.")
+                     f"--logdir that training wrote.")
   if not (path / "config.json").exists():
     empty = not any(path.iterdir())
     raise UsageError(f"{path} is {'empty' if empty else 'not a cfal run'}: "
-                     f"it has no config.json (train.py writes one).")
+                     f"it has no config.json (training writes one).")
   try:
     return TrainConfig.load(path)
   except (ValueError, KeyError, TypeError) as error:
@@ -75,22 +75,6 @@ def check_split(run: TrainConfig, split: str) -> None:
   if split == "test" and not has_test_split(run.data.name):
     raise UsageError(f"{run.data.name} has no test split; use "
                      f"--split=validation.")
-
-
-def latest_checkpoint(folder: pathlib.Path) -> str | None:
-  """The prefix of the newest checkpoint `folder`'s state file names, if
-  its files are there (what `tf.train.latest_checkpoint` answers)."""
-  state = folder / "checkpoint"
-  if not state.exists():
-    return None
-  match = re.search(r'^model_checkpoint_path: "(.*)"$', state.read_text(),
-                    re.MULTILINE)
-  if match is None:
-    return None
-  prefix = pathlib.Path(match.group(1))
-  if not prefix.is_absolute():
-    prefix = folder / prefix
-  return str(prefix) if os.path.exists(f"{prefix}.index") else None
 
 
 def checkpoint_path(logdir: pathlib.Path, which: str) -> str:
@@ -111,11 +95,17 @@ def checkpoint_path(logdir: pathlib.Path, which: str) -> str:
   return which
 
 
-def check_saved_model(path: str) -> None:
-  if "://" not in path and not os.path.exists(
-      os.path.join(path, "saved_model.pb")):
+def _local_exists(path: str) -> bool:
+  # Remote paths (gs://...) are left to TensorFlow's file system.
+  return "://" in path or os.path.exists(path)
+
+
+def check_saved_model(path: str, exists=_local_exists) -> None:
+  """Raises `UsageError` unless `path` holds a saved_model.pb (`exists`:
+  the file test, `tf.io.gfile.exists` once TensorFlow is loaded)."""
+  if not exists(os.path.join(path, "saved_model.pb")):
     raise UsageError(f"--saved_model={path} is not a SavedModel (no "
-                     f"saved_model.pb); train.py exports one to "
+                     f"saved_model.pb); training exports one to "
                      f"<logdir>/export.")
 
 
@@ -124,16 +114,42 @@ def output_name(logdir: pathlib.Path, config: EvalConfig,
   """The folder under `eval/<split>/` that says which weights were
   evaluated, so evaluations of different checkpoints and of the SavedModel
   never overwrite each other: `ckpt-842`, `best-ckpt-700` (from
-  checkpoints/best/), `saved_model-export`."""
+  checkpoints/best/), `saved_model-export`; weights from outside the run
+  keep the last three parts of their path (`external-runB-checkpoints-
+  ckpt-20`)."""
   if config.saved_model:
-    return "saved_model-" + (pathlib.Path(config.saved_model.rstrip("/")).name
-                             or "model")
-  path = pathlib.Path(checkpoint)
+    return "saved_model-" + _path_name(pathlib.Path(config.saved_model),
+                                       logdir)
+  return _path_name(pathlib.Path(checkpoint), logdir / "checkpoints")
+
+
+def _path_name(path: pathlib.Path, inside: pathlib.Path) -> str:
   try:
-    inside = path.resolve().relative_to((logdir / "checkpoints").resolve())
-    return "-".join(inside.parts)
+    parts = path.resolve().relative_to(inside.resolve()).parts
   except ValueError:
-    return path.name
+    parts = ("external", *path.resolve().parts[-3:])
+  return "-".join(parts) or "model"
+
+
+def find_report(path: str | os.PathLike, split: str) -> pathlib.Path:
+  """The report.json that `path` names, for --compare.
+
+  `path` is an evaluation's own folder (`<run>/eval/test/best-ckpt-700`),
+  or a run, whose newest evaluation of `split` is taken (one folder per
+  weights evaluated; the single `eval/<split>/report.json` of runs
+  evaluated before that layout counts too).
+  """
+  path = pathlib.Path(path)
+  if (path / "report.json").exists():
+    return path / "report.json"
+  folder = path / "eval" / split
+  found = sorted([*folder.glob("*/report.json"),
+                  *folder.glob("report.json")],
+                 key=lambda p: p.stat().st_mtime)
+  if not found:
+    raise UsageError(f"{path} has no evaluation of the {split} split: "
+                     f"evaluate it first (--logdir={path} --split={split}).")
+  return found[-1]
 
 
 def check_eval_config(config: EvalConfig) -> TrainConfig:

@@ -24,8 +24,9 @@ from cfal.report import documents, tensorboard
 from cfal.training import build as build_lib
 from cfal.training.config import TrainConfig, dtype_policy
 from cfal.training.eval_config import (EvalConfig, check_eval_config,
-                                       check_split, checkpoint_path,
-                                       load_run_config, output_name)
+                                       check_saved_model, check_split,
+                                       checkpoint_path, load_run_config,
+                                       output_name)
 from cfal.training.evaluator import (Evaluator, model_forward,
                                      saved_model_forward)
 from cfal.training.strategy import make_strategy
@@ -143,6 +144,5 @@ def _progress_line(echo: Printer, every: float = 10.0):
 
 
 def _load_saved_model(path: str):
-  if not tf.io.gfile.exists(str(pathlib.Path(path) / "saved_model.pb")):
-    raise UsageError(f"{path} is not a SavedModel (no saved_model.pb).")
+  check_saved_model(path, exists=tf.io.gfile.exists)
   return tf.saved_model.load(path)

@@ -41,19 +41,11 @@ class RunLock:
     self.logdir.mkdir(parents=True, exist_ok=True)
     path = self.logdir / LOCK_NAME
     handle = open(path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
-    try:
-      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-      handle.seek(0)
-      holder = handle.read().strip() or "another process"
-      handle.close()
-      raise UsageError(f"{self.logdir} is in use by {holder}: wait for that "
-                       f"run to finish or stop it, or use another --logdir."
-                       ) from None
+    _lock_or_refuse(handle, self.logdir)
     handle.seek(0)
     handle.truncate()
     started = datetime.datetime.now().isoformat(timespec="seconds")
-    handle.write(f"train.py pid {os.getpid()} on {socket.gethostname()} "
+    handle.write(f"cfal run pid {os.getpid()} on {socket.gethostname()} "
                  f"(since {started})\n")
     handle.flush()
     self._file = handle
@@ -82,15 +74,25 @@ def check_not_locked(logdir: str | os.PathLike) -> None:
   path = pathlib.Path(logdir) / LOCK_NAME
   if not path.exists():
     return
-  with open(path, encoding="utf-8") as handle:
-    try:
-      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-      holder = handle.read().strip() or "another process"
-      raise UsageError(f"{logdir} is in use by {holder}: wait for that run "
-                       f"to finish or stop it, or use another --logdir."
-                       ) from None
-    fcntl.flock(handle, fcntl.LOCK_UN)
+  # Opened for writing: on NFS an exclusive lock needs a writable file.
+  handle = open(path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
+  _lock_or_refuse(handle, logdir)
+  fcntl.flock(handle, fcntl.LOCK_UN)
+  handle.close()
+
+
+def _lock_or_refuse(handle, logdir) -> None:
+  """Takes the exclusive lock on the open lock file `handle`, or closes it
+  and raises `UsageError` naming the live run that holds it. Other
+  failures (a filesystem without locks) propagate as they are."""
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    handle.seek(0)
+    holder = handle.read().strip() or "another process"
+    handle.close()
+    raise UsageError(f"{logdir} is in use by {holder}: wait for that run to "
+                     f"finish or stop it, or use another --logdir.") from None
 
 
 def write_atomically(path: pathlib.Path, text: str) -> None:
@@ -126,7 +128,11 @@ def check_run_dir(logdir: pathlib.Path, config: TrainConfig) -> TrainConfig:
   saved = logdir / "config.json"
   if not saved.exists():
     return config
-  old = TrainConfig.load(logdir)
+  try:
+    old = TrainConfig.load(logdir)
+  except (ValueError, KeyError, TypeError) as error:
+    raise UsageError(f"{saved} is not a readable cfal config ({error}): "
+                     f"restore it, or use a new --logdir.") from None
   for field in ("backbone", "head", "embedding_dim"):
     a, b = getattr(old.model, field), getattr(config.model, field)
     if a != b:
@@ -201,9 +207,26 @@ def _show(value) -> str:
 
 def _checkpointed_step(logdir: pathlib.Path) -> int | None:
   """The step of the run's latest checkpoint, from its state file."""
-  state = logdir / "checkpoints" / "checkpoint"
+  path = latest_checkpoint(logdir / "checkpoints", must_exist=False)
+  match = re.search(r"ckpt-(\d+)$", path or "")
+  return int(match.group(1)) if match else None
+
+
+def latest_checkpoint(folder: pathlib.Path, *, must_exist: bool = True
+                      ) -> str | None:
+  """The prefix of the newest checkpoint `folder`'s state file names (what
+  `tf.train.latest_checkpoint` answers, read without TensorFlow); None if
+  there is none, or, with `must_exist`, if its index file is missing."""
+  state = folder / "checkpoint"
   if not state.exists():
     return None
-  match = re.search(r'^model_checkpoint_path: ".*?ckpt-(\d+)"',
-                    state.read_text(), re.MULTILINE)
-  return int(match.group(1)) if match else None
+  match = re.search(r'^model_checkpoint_path: "(.*)"$', state.read_text(),
+                    re.MULTILINE)
+  if match is None:
+    return None
+  prefix = pathlib.Path(match.group(1))
+  if not prefix.is_absolute():
+    prefix = folder / prefix
+  if must_exist and not os.path.exists(f"{prefix}.index"):
+    return None
+  return str(prefix)

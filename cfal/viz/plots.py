@@ -656,8 +656,10 @@ def _close(fig: Figure) -> None:
 
 
 def figure_to_bytes(fig: Figure, formats: Sequence[str] = ("png",),
-                    dpi: float = 100) -> dict[str, bytes]:
-  """Renders a figure once per format and closes it.
+                    dpi: float = 100, *, close: bool = True
+                    ) -> dict[str, bytes]:
+  """Renders a figure once per format and closes it (unless `close` is
+  False, for another rendering).
 
   PDF and SVG keep text, lines and markers as vectors; the embedding
   scatter points are rasterised (`rasterized=True`) at `dpi`, or at
@@ -683,7 +685,8 @@ def figure_to_bytes(fig: Figure, formats: Sequence[str] = ("png",),
                   else max(dpi, VECTOR_RASTER_DPI))
       rendered[fmt] = buffer.getvalue()
   finally:
-    _close(fig)
+    if close:
+      _close(fig)
   return rendered
 
 

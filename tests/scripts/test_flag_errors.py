@@ -73,17 +73,21 @@ def _run(script: str, *args: str, cwd=ROOT) -> tuple[int, list[str], float]:
     ("eval.py", [], "eval.py: Pass --logdir=RUN (the run directory "
      "cfal-train wrote), or --compare=RUN1,RUN2."),
     ("eval.py", ["--logdir=/nonexistent/run"], "eval.py: Run directory "
-     "/nonexistent/run does not exist; pass the --logdir that train.py "
+     "/nonexistent/run does not exist; pass the --logdir that training "
      "wrote."),
     ("eval.py", ["--logdir=x", "--figure_format=png,jpg"], "eval.py: "
      "--figure_format=png,jpg: Unknown figure format 'jpg'; valid formats "
      "are png, pdf, svg."),
     ("eval.py", ["--logdir=x", "--dpi=5"], "eval.py: --dpi (5) must be in "
      "[10, 1200]."),
+    ("eval.py", ["--compare=/nonexistent/a,/nonexistent/b"], "eval.py: "
+     "/nonexistent/a has no evaluation of the test split: evaluate it first "
+     "(--logdir=/nonexistent/a --split=test)."),
 ], ids=["unknown_flag", "missing_flagfile", "bad_enum", "head_value",
         "head_option", "cfal_sigma", "dataset", "backbone_arg", "batch_size",
         "gpus_and_cpus", "positional", "eval_bad_enum", "eval_no_logdir",
-        "eval_missing_run", "eval_figure_format", "eval_dpi"])
+        "eval_missing_run", "eval_figure_format", "eval_dpi",
+        "eval_compare"])
 def test_usage_errors_are_one_line_exit_2_before_tensorflow(script, args,
                                                             expected):
   code, lines, elapsed = _run(script, *args)
@@ -128,12 +132,21 @@ def test_run_directory_errors_come_before_tensorflow(tmp_path):
   # A live run holds the directory.
   with open(run / ".lock", "a+", encoding="utf-8") as held:
     fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    held.write("train.py pid 1 on here (since then)\n")
+    held.write("cfal run pid 1 on here (since then)\n")
     held.flush()
     code, lines, _ = _run("train.py", f"--logdir={run}")
   assert code == 2 and lines == [
-      f"train.py: {run} is in use by train.py pid 1 on here (since then): "
+      f"train.py: {run} is in use by cfal run pid 1 on here (since then): "
       f"wait for that run to finish or stop it, or use another --logdir."]
+
+  # A config.json cut off half-way (written by hand, or another tool).
+  broken = tmp_path / "broken"
+  broken.mkdir()
+  (broken / "config.json").write_text('{"model": {"head": "cf')
+  code, lines, _ = _run("train.py", f"--logdir={broken}")
+  assert code == 2 and len(lines) == 1, lines
+  assert lines[0].startswith(f"train.py: {broken}/config.json is not a "
+                             f"readable cfal config (")
 
   code, lines, _ = _run("eval.py", f"--logdir={run}", "--checkpoint=bestt")
   assert code == 2 and lines == [
@@ -147,14 +160,15 @@ def test_run_directory_errors_come_before_tensorflow(tmp_path):
                         f"--saved_model={tmp_path}/export")
   assert code == 2 and lines == [
       f"eval.py: --saved_model={tmp_path}/export is not a SavedModel (no "
-      f"saved_model.pb); train.py exports one to <logdir>/export."]
+      f"saved_model.pb); training exports one to <logdir>/export."]
 
 
 @pytest.mark.parametrize("script", ["train.py", "eval.py"])
-def test_help_exits_0_and_names_only_recipes_that_exist(script):
+@pytest.mark.parametrize("spelling", ["--help", "-help", "--helpfull"])
+def test_help_exits_0_and_names_only_recipes_that_exist(script, spelling):
   # absl exits 1 after --help; and train.py's help named a recipe file
   # (flags/cfal_fashion_mnist_lt.flags) that did not exist.
-  done = subprocess.run([sys.executable, str(ROOT / script), "--help"],
+  done = subprocess.run([sys.executable, str(ROOT / script), spelling],
                         capture_output=True, text=True, cwd=ROOT, timeout=120)
   assert done.returncode == 0, done.stderr
   assert "--logdir" in done.stdout

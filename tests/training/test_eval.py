@@ -15,6 +15,7 @@ import tensorflow as tf
 from cfal.report import documents
 from cfal.training import evaluate as evaluation
 from cfal.errors import UsageError
+from cfal.training.eval_config import find_report
 from cfal.training.runner import train
 from support.training import small_config
 
@@ -106,8 +107,8 @@ def test_compare_tabulates_runs(runs):
     evaluation.evaluate_run(
         evaluation.EvalConfig(logdir=str(run), split="validation"),
         echo=lambda _: None)
-  table = documents.compare_runs([str(r) for r in runs.values()],
-                                  "validation").splitlines()
+  table = documents.compare_runs(
+      [find_report(r, "validation") for r in runs.values()]).splitlines()
   assert len(table) == 4 and "balanced acc." in table[0]
   assert "| arcface |" in table[2] and "| cfal |" in table[3]
   assert "eval/validation/ckpt-20 |" in table[2]
@@ -140,8 +141,12 @@ def test_checkpoints_and_the_saved_model_are_evaluated_into_their_own_runs(
     assert list(out.glob("events.out.tfevents.*")), name
     assert (out / "projector_config.pbtxt").exists(), name
   # A run's directory means its newest evaluation to --compare.
-  assert documents.find_report(run, "validation").parent.name == (
-      "saved_model-export")
+  assert find_report(run, "validation").parent.name == "saved_model-export"
+  # A checkpoint from another run keeps where it came from.
+  other = runs["cfal"] / "checkpoints" / "ckpt-20"
+  assert evaluation.output_name(
+      run, evaluation.EvalConfig(logdir=str(run)), str(other)) == (
+          f"external-{runs['cfal'].name}-checkpoints-ckpt-20")
 
 
 def _one_line_usage_error(fn) -> str:

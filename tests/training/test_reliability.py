@@ -233,7 +233,7 @@ def test_lock_signals_and_stale_locks(tmp_path):
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), check=False)
   lines = second.stderr.strip().splitlines()
   assert second.returncode == 2 and len(lines) == 1, second.stderr[-2000:]
-  assert f"is in use by train.py pid {first.pid}" in lines[0]
+  assert f"is in use by cfal run pid {first.pid}" in lines[0]
 
   # SIGTERM: a checkpoint at the current step, one line, exit 128 + 15.
   first.send_signal(signal.SIGTERM)
@@ -273,7 +273,7 @@ def test_run_lock_is_exclusive_and_leaves_no_empty_directory(tmp_path):
   from cfal.training.run_dir import RunLock  # pylint: disable=import-outside-toplevel
   logdir = tmp_path / "run"
   with RunLock(logdir):
-    with pytest.raises(UsageError, match=f"is in use by train.py pid "
+    with pytest.raises(UsageError, match=f"is in use by cfal run pid "
                        f"{os.getpid()} on "):
       with RunLock(logdir):
         raise AssertionError("a second lock was granted")
