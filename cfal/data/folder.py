@@ -7,7 +7,9 @@ their extension (case-insensitive): .png .jpg .jpeg .bmp .gif .tif .tiff;
 hidden files and folders (name starting with ".") and other files are
 ignored.
 
-:func:`scan_image_folder` lists the tree and checks every file with Pillow;
+:func:`scan_image_folder` lists the tree and checks every file with Pillow
+(once: unchanged files are remembered in a scan cache, see
+:mod:`cfal.data.scan`);
 :func:`decode_image` turns a path into a float32 image inside a `tf.data`
 pipeline:
 
@@ -27,13 +29,13 @@ import collections
 import dataclasses
 import io
 import os
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from cfal.data import scan
 from cfal.data.errors import DataError
 
 __all__ = ["FolderIndex", "IMAGE_EXTENSIONS", "decode_image",
@@ -42,10 +44,6 @@ __all__ = ["FolderIndex", "IMAGE_EXTENSIONS", "decode_image",
 IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 
-# Pillow modes that hold one grey channel (possibly with alpha, dropped on
-# conversion); every other mode (RGB, RGBA, P, CMYK, YCbCr, ...) becomes RGB.
-_GRAY_MODES = frozenset(
-    {"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
 _16BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 
 # Leading bytes of the formats tf.io.decode_image decodes correctly (PNG,
@@ -58,10 +56,11 @@ _TF_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a",
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class FolderIndex:
-  """The images found under a class-per-subfolder root.
+  """The images found under a class-per-subfolder root (or in a manifest).
 
   Attributes:
-    paths: Readable image files, grouped by class, sorted within a class.
+    paths: Readable image files, grouped by class, sorted within a class
+      (a manifest keeps its row order within a class).
     labels: int32 `[len(paths)]`, indices into `class_names` (read-only).
     class_names: Sorted names of the class subfolders.
     bad_files: `(path, reason)` of each image file that could not be read.
@@ -70,6 +69,13 @@ class FolderIndex:
       become RGB; 3 on a tie. Pass it to :func:`decode_image`.
     mixed_channels: Whether `paths` have both 1 and 3 channels in that
       sense, so that some images will be converted to `channels`.
+    relative_paths: Each of `paths` as the user names it: relative to the
+      root with "/" separators (a manifest: as its row writes it). Group
+      patterns are searched in these, and split records list them.
+    groups: A manifest's group column, one per path (None without one).
+    verified: Files decoded by this scan.
+    reused: Files whose check came from the scan cache.
+    cache_file: The scan cache used, None if none could be read or written.
   """
 
   paths: tuple[str, ...]
@@ -78,6 +84,11 @@ class FolderIndex:
   bad_files: tuple[tuple[str, str], ...]
   channels: int
   mixed_channels: bool
+  relative_paths: tuple[str, ...] = ()
+  groups: tuple[str, ...] | None = None
+  verified: int = 0
+  reused: int = 0
+  cache_file: str | None = None
 
 
 def folder_class_counts(index: FolderIndex) -> np.ndarray:
@@ -108,33 +119,19 @@ def _list_class(class_dir: str) -> list[str]:
   return sorted(found)
 
 
-def _reason(e: BaseException, path: str) -> str:
-  """`TypeName: message` on one line, without the path it is listed with."""
-  message = " ".join(str(e).replace(f" {path!r}", "").split())
-  return f"{type(e).__name__}: {message}" if message else type(e).__name__
-
-
-def _probe(path: str, full: bool) -> tuple[int, str | None]:
-  """(channels, None) for a readable image, (0, reason) otherwise."""
-  try:
-    with Image.open(path) as image:
-      if full:
-        image.load()
-      return (1 if image.mode in _GRAY_MODES else 3), None
-  # Pillow signals a bad file with many exception types (OSError,
-  # SyntaxError, ValueError, struct.error, DecompressionBombError, ...);
-  # any of them means the file cannot be used.
-  except Exception as e:  # pylint: disable=broad-except
-    return 0, _reason(e, path)
-
-
 def scan_image_folder(
     root: str | os.PathLike[str],
     *,
     verify: str = "full",
     num_workers: int = 8,
+    use_cache: bool = True,
+    progress: Callable[[scan.ScanProgress], None] | None = None,
 ) -> FolderIndex:
   """Lists and checks the images of a class-per-subfolder tree.
+
+  Files checked by an earlier scan and unchanged since (same size and
+  modification time) are not decoded again: see :mod:`cfal.data.scan` for
+  the cache (`$CFAL_CACHE_DIR/scans/`, default `~/.cache/cfal/scans/`).
 
   Args:
     root: The folder whose subfolders are the classes.
@@ -143,6 +140,9 @@ def scan_image_folder(
       catches files that are not images at all).
     num_workers: Threads checking files in parallel (Pillow releases the
       GIL while decoding).
+    use_cache: Read and update the scan cache.
+    progress: Called with a `scan.ScanProgress` every few seconds while
+      files are decoded (`scan.print_progress()` prints it to stderr).
 
   Returns:
     A `FolderIndex` of the readable images.
@@ -153,7 +153,7 @@ def scan_image_folder(
       has images in only one class, has a class folder without image
       files, or one whose image files are all unreadable.
   """
-  if verify not in ("full", "header"):
+  if verify not in scan.VERIFY_MODES:
     raise ValueError(f"verify must be 'full' or 'header', got {verify!r}")
   if num_workers < 1:
     raise ValueError(f"num_workers must be >= 1, got {num_workers}")
@@ -186,44 +186,84 @@ def scan_image_folder(
         f"{root}: images in only one class folder ({class_names[0]}); "
         "point root at the folder whose subfolders are the classes")
 
-  all_paths = [p for name in class_names for p in files[name]]
-  full = verify == "full"
-  with ThreadPoolExecutor(max_workers=min(num_workers, len(all_paths))) as ex:
-    probes = list(ex.map(lambda p: _probe(p, full), all_paths))
+  # Every listed path starts with os.path.join(root, class_name).
+  prefix = len(os.path.join(root, ""))
+  items = [(label, path, path[prefix:].replace(os.sep, "/"))
+           for label, name in enumerate(class_names)
+           for path in files[name]]
+  result = scan.check_files(
+      root, [rel for _, _, rel in items], [path for _, path, _ in items],
+      kind="folder", verify=verify, num_workers=num_workers,
+      use_cache=use_cache, progress=progress)
 
+  def all_bad(label: int, count: int, path: str, reason: str) -> str:
+    return (f"{os.path.join(root, class_names[label])}: all {count} image "
+            f"files are unreadable (e.g. {os.path.basename(path)}: "
+            f"{reason})")
+
+  return build_index(class_names, items, result, all_bad=all_bad)
+
+
+def build_index(
+    class_names: tuple[str, ...],
+    items: Sequence[tuple[int, str, str]],
+    result: scan.ScanResult,
+    *,
+    all_bad: Callable[[int, int, str, str], str],
+    groups: Sequence[str] | None = None,
+) -> FolderIndex:
+  """A `FolderIndex` from listed files and what checking them found.
+
+  Args:
+    class_names: the classes, in label order.
+    items: `(label, path, relative path)` of every file listed.
+    result: `scan.check_files` of those files, in the same order.
+    all_bad: `(label, count, first path, its reason)` -> the message of the
+      DataError raised when every file of a class is unusable.
+    groups: a group name per item, kept for the readable ones.
+
+  Raises:
+    DataError: if every file of some class is unusable.
+  """
   paths: list[str] = []
+  relative: list[str] = []
   labels: list[int] = []
+  kept_groups: list[str] = []
   bad: list[tuple[str, str]] = []
   channel_counts: collections.Counter[int] = collections.Counter()
-  position = 0
-  for label, name in enumerate(class_names):
-    class_paths = files[name]
-    class_probes = probes[position:position + len(class_paths)]
-    position += len(class_paths)
-    good = 0
-    for path, (channels, reason) in zip(class_paths, class_probes):
-      if reason is None:
-        paths.append(path)
-        labels.append(label)
-        channel_counts[channels] += 1
-        good += 1
-      else:
-        bad.append((path, reason))
-    if not good:
-      raise DataError(
-          f"{os.path.join(root, name)}: all {len(class_paths)} image files "
-          f"are unreadable (e.g. {os.path.basename(class_paths[0])}: "
-          f"{class_probes[0][1]})")
+  per_class = collections.Counter(label for label, _, _ in items)
+  good_per_class: collections.Counter[int] = collections.Counter()
+  first_bad: dict[int, tuple[str, str]] = {}
+  for i, ((label, path, rel), check) in enumerate(zip(items, result.checks)):
+    if check.reason is None:
+      paths.append(path)
+      relative.append(rel)
+      labels.append(label)
+      if groups is not None:
+        kept_groups.append(groups[i])
+      channel_counts[check.channels] += 1
+      good_per_class[label] += 1
+    else:
+      bad.append((path, check.reason))
+      first_bad.setdefault(label, (path, check.reason))
+  for label in range(len(class_names)):
+    if per_class[label] and not good_per_class[label]:
+      raise DataError(all_bad(label, per_class[label], *first_bad[label]))
 
   label_array = np.asarray(labels, np.int32)
   label_array.setflags(write=False)
   return FolderIndex(
       paths=tuple(paths),
       labels=label_array,
-      class_names=class_names,
+      class_names=tuple(class_names),
       bad_files=tuple(bad),
       channels=1 if channel_counts[1] > channel_counts[3] else 3,
       mixed_channels=len(channel_counts) > 1,
+      relative_paths=tuple(relative),
+      groups=tuple(kept_groups) if groups is not None else None,
+      verified=result.verified,
+      reused=result.reused,
+      cache_file=result.cache_file,
   )
 
 

@@ -9,11 +9,16 @@ position), and augmentation is seeded by the same step and row.
 Under a strategy every input pipeline builds the same global batch and
 keeps the rows of its own replicas, so any replica/worker layout trains on
 exactly the batches one device would.
+
+Image files are decoded one example per call, many calls in parallel
+(`num_parallel_calls=AUTOTUNE`, `deterministic=True`), then batched: no
+source holds decoded images unless `cached_source` was asked to.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Callable
 
 import numpy as np
@@ -43,6 +48,9 @@ class ImageSource:
     image_shape: (H, W, C) of the loaded float32 images.
     load_batch: indices [B] -> images [B, H, W, C].
     load_example: index [] -> image [H, W, C].
+    paths: how each example's file is named in records (relative to its
+      folder, or as a manifest writes it); None for in-memory sets.
+    groups: each example's group (None where it has none), or None.
   """
 
   labels: np.ndarray
@@ -50,6 +58,8 @@ class ImageSource:
   image_shape: tuple[int, int, int]
   load_batch: BatchLoader | None = None
   load_example: ExampleLoader | None = None
+  paths: tuple[str, ...] | None = None
+  groups: tuple[str | None, ...] | None = None
 
   @property
   def num_classes(self) -> int:
@@ -85,6 +95,68 @@ def array_source(images: np.ndarray, labels: np.ndarray,
   return ImageSource(labels=labels, class_names=tuple(class_names),
                      image_shape=tuple(images.shape[1:]),
                      load_batch=load_batch)
+
+
+def cached_source(source: ImageSource, indices: np.ndarray, *,
+                  memory_bytes: int | None = None) -> ImageSource:
+  """`source` with the examples `indices` decoded once and kept in memory.
+
+  A `tf.data` `.cache()` cannot serve the training stream: its order is
+  drawn per epoch from (seed, epoch) by position, so no two epochs read
+  the files in the same order and there is no first pass to replay.
+  Instead every example of `indices` is decoded once (in parallel, by the
+  source's own `load_example`) into one float32 table, and batches gather
+  their rows from it: the same pixels as decoding, in the same order.
+
+  Args:
+    source: a source that decodes files (others are returned as they are).
+    indices: the examples that pipelines will ask for (training and
+      validation); asking for any other is an error.
+    memory_bytes: the machine's memory (None: asked from the system); the
+      table may take at most a quarter of it, since building it briefly
+      needs about three times its size.
+
+  Raises:
+    ValueError: if the table would be too large for the machine.
+  """
+  if source.load_batch is not None:
+    return source
+  indices = np.unique(np.asarray(indices, np.int64))
+  height, width, channels = source.image_shape
+  table_bytes = indices.size * height * width * channels * 4
+  memory = memory_bytes if memory_bytes is not None else _physical_memory()
+  if memory and table_bytes > memory // 4:
+    raise ValueError(
+        f"--cache would keep {table_bytes / 1e9:.1f} GB of decoded images "
+        f"({indices.size:,} of {height}x{width}x{channels} float32) in "
+        f"memory, over a quarter of this machine's {memory / 1e9:.1f} GB; "
+        "drop --cache or use a smaller --image_size.")
+  table = np.empty((indices.size, height, width, channels), np.float32)
+  decoded = tf.data.Dataset.from_tensor_slices(indices).map(
+      _plain(source.load_example), num_parallel_calls=tf.data.AUTOTUNE,
+      deterministic=True).batch(256).prefetch(2)
+  filled = 0
+  for batch in decoded:
+    table[filled:filled + batch.shape[0]] = batch.numpy()
+    filled += batch.shape[0]
+  row_of = np.full(len(source), -1, np.int32)
+  row_of[indices] = np.arange(indices.size, dtype=np.int32)
+  images = tf.constant(table)
+  del table
+  rows = tf.constant(row_of)
+
+  def load_batch(batch_indices: tf.Tensor) -> tf.Tensor:
+    return tf.gather(images, tf.gather(rows, batch_indices))
+
+  return dataclasses.replace(source, load_batch=load_batch,
+                             load_example=None)
+
+
+def _physical_memory() -> int | None:
+  try:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (AttributeError, ValueError, OSError):
+    return None
 
 
 def _pixel_maps(height: int, width: int, kind: str) -> np.ndarray:
@@ -184,7 +256,7 @@ def train_dataset(source: ImageSource, indices: np.ndarray, *,
   start = int(start_step) * global_batch_size
   ds = tf.data.Dataset.range(start, np.iinfo(np.int64).max)
   ds = ds.batch(global_batch_size, drop_remainder=True)
-  replicas, first = 1, 0
+  replicas, local, first = 1, 1, 0
   if input_context is not None:
     replicas = input_context.num_replicas_in_sync
     local = replicas // input_context.num_input_pipelines
@@ -193,24 +265,36 @@ def train_dataset(source: ImageSource, indices: np.ndarray, *,
     raise ValueError(f"`batch_size` ({global_batch_size}) must be divisible "
                      f"by the number of replicas ({replicas}).")
   per_replica = global_batch_size // replicas
+  local_rows = per_replica * local        # this pipeline's rows of a batch
 
-  def load(positions):
-    if input_context is not None:   # keep this pipeline's replicas' rows
-      local_rows = per_replica * (replicas // input_context.num_input_pipelines)
+  def select(positions):
+    """This pipeline's rows of a global batch and the examples they read."""
+    if input_context is not None:
       positions = positions[first * per_replica:
                             first * per_replica + local_rows]
-    example = positions_to_indices(positions)
-    labels = tf.gather(label_table, example)
-    if source.load_batch is not None:
-      images = source.load_batch(example)
-    else:
-      images = tf.map_fn(source.load_example, example,
-                         fn_output_signature=tf.TensorSpec(source.image_shape,
-                                                           tf.float32))
-    return (_augment(images, positions, seed, augment,
-                     global_batch_size), labels)
+    return positions, positions_to_indices(positions)
 
-  ds = ds.map(_plain(load), num_parallel_calls=tf.data.AUTOTUNE,
+  def augment_batch(positions, images, labels):
+    return (_augment(images, positions, seed, augment, global_batch_size),
+            labels)
+
+  ds = ds.map(_plain(select))
+  if source.load_batch is not None:
+    ds = ds.map(_plain(lambda positions, example: (
+        positions, source.load_batch(example),
+        tf.gather(label_table, example))),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  else:
+    # Files decode one per element, many at a time, in order: a batch's
+    # images come from parallel calls and are put back in position order,
+    # so the stream stays a pure function of (seed, step).
+    ds = ds.unbatch().map(
+        _plain(lambda position, example: (
+            position, source.load_example(example),
+            tf.gather(label_table, example))),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(local_rows, drop_remainder=True)
+  ds = ds.map(_plain(augment_batch), num_parallel_calls=tf.data.AUTOTUNE,
               deterministic=True)
   if input_context is not None:
     ds = ds.unbatch().batch(per_replica, drop_remainder=True)
