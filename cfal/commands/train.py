@@ -114,6 +114,12 @@ flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
 flags.DEFINE_enum("schedule", "cosine", ["constant", "cosine"],
                   "Learning-rate schedule after the warmup.")
 flags.DEFINE_integer("warmup_steps", 0, "Linear warmup steps.")
+flags.DEFINE_float("head_learning_rate", None, "The head's own peak learning "
+                   "rate (its prototypes), on the same schedule; default "
+                   "--learning_rate.")
+flags.DEFINE_integer("freeze_backbone_steps", 0, "Train only the backbone's "
+                     "projection and the head for this many steps (the "
+                     "body in inference mode), then everything.")
 
 # The run.
 flags.DEFINE_string("logdir", None, "Run directory (default "
@@ -180,7 +186,10 @@ def config_from_flags():
                                 weight_decay=FLAGS.weight_decay,
                                 momentum=FLAGS.momentum,
                                 schedule=FLAGS.schedule,
-                                warmup_steps=FLAGS.warmup_steps),
+                                warmup_steps=FLAGS.warmup_steps,
+                                head_learning_rate=FLAGS.head_learning_rate,
+                                freeze_backbone_steps=(
+                                    FLAGS.freeze_backbone_steps)),
       run=RunConfig(logdir=logdir, epochs=FLAGS.epochs,
                     train_steps=FLAGS.train_steps,
                     batch_size=FLAGS.batch_size,
@@ -262,8 +271,16 @@ def check_flags() -> None:
     raise_usage(f"--epochs ({FLAGS.epochs}) must be > 0.")
   if FLAGS.learning_rate <= 0:
     raise_usage(f"--learning_rate ({FLAGS.learning_rate}) must be > 0.")
+  if FLAGS.head_learning_rate is not None and FLAGS.head_learning_rate <= 0:
+    raise_usage(f"--head_learning_rate ({FLAGS.head_learning_rate}) must be "
+                f"> 0.")
+  if FLAGS.mixed_precision == "float16" and (
+      FLAGS.head_learning_rate is not None or FLAGS.freeze_backbone_steps):
+    raise_usage("--mixed_precision=float16 needs one loss scale for the "
+                "whole model: drop --head_learning_rate and "
+                "--freeze_backbone_steps, or use bfloat16.")
   for name in ("warmup_steps", "early_stopping_patience", "gpus",
-               "cpu_replicas"):
+               "cpu_replicas", "freeze_backbone_steps"):
     if FLAGS[name].value < 0:
       raise_usage(f"--{name} ({FLAGS[name].value}) must be >= 0.")
   if FLAGS.weight_decay < 0:

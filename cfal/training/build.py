@@ -22,6 +22,8 @@ from cfal.backbones import registry as backbone_registry
 from cfal.data import datasets, pipeline
 from cfal.errors import UsageError
 from cfal.training.config import TrainConfig
+from cfal.training.optimization import (OffsetSchedule, Optimization,
+                                        make_groups, parameter_parts)
 from cfal.training.strategy import make_strategy
 
 
@@ -47,7 +49,8 @@ class Built:
     data: the loaded dataset (sources, splits, class counts).
     backbone: images -> embeddings.
     head: a `cfal.heads.Head`.
-    optimizer: built (slots created) for training; None for evaluation.
+    optimization: the optimizers of the parameter groups, built (slots
+      created) for training; None for evaluation.
     counters: step and bookkeeping variables.
     checkpoint: a `tf.train.Checkpoint` of all of the above.
     per_epoch: steps per epoch of the training split.
@@ -60,7 +63,7 @@ class Built:
   data: datasets.DataBundle
   backbone: keras.Model
   head: cfal.heads.Head
-  optimizer: keras.optimizers.Optimizer | None
+  optimization: Optimization | None
   counters: Counters
   checkpoint: tf.train.Checkpoint
   per_epoch: int
@@ -76,7 +79,7 @@ class Built:
   @property
   def all_variables(self) -> list[tf.Variable]:
     """Every variable a checkpoint holds, optimizer slots included."""
-    optimizer = list(self.optimizer.variables) if self.optimizer else []
+    optimizer = self.optimization.variables if self.optimization else []
     return (list(self.backbone.weights) + list(self.head.variables)
             + optimizer)
 
@@ -114,11 +117,10 @@ def build(config: TrainConfig, *, training: bool = True,
     keras.utils.set_random_seed(run.seed)
     head = build_head(config, data.class_counts, data.num_classes)
     backbone = build_backbone(config, data.image_shape, head)
-    optimizer = None
+    optimization = None
     if training:
-      optimizer = build_optimizer(config, total_steps)
-      optimizer.build(list(backbone.trainable_variables)
-                      + list(head.trainable_variables))
+      optimization = build_optimization(config, total_steps, backbone, head)
+      optimization.build()
     counters = Counters(
         step=_counter("step"), best=tf.Variable(
             -1.0, dtype=tf.float64, trainable=False, name="best"),
@@ -127,12 +129,13 @@ def build(config: TrainConfig, *, training: bool = True,
     parts = dict(backbone=backbone, head=head, step=counters.step,
                  model_identity=identity)
     if training:
-      parts.update(optimizer=optimizer, best_balanced_accuracy=counters.best,
+      parts.update(**optimization.checkpoint_parts,
+                   best_balanced_accuracy=counters.best,
                    evals_without_gain=counters.evals_without_gain,
                    skipped_steps=counters.skipped)
     checkpoint = tf.train.Checkpoint(**parts)
   return Built(config=config, strategy=strategy, data=data,
-               backbone=backbone, head=head, optimizer=optimizer,
+               backbone=backbone, head=head, optimization=optimization,
                counters=counters, checkpoint=checkpoint, per_epoch=per_epoch,
                total_steps=total_steps,
                eval_every=run.eval_every or per_epoch)
@@ -217,24 +220,57 @@ def build_backbone(config: TrainConfig, image_shape: tuple[int, int, int],
     raise UsageError(message) from None
 
 
-def build_optimizer(config: TrainConfig,
-                    total_steps: int) -> keras.optimizers.Optimizer:
+def build_optimization(config: TrainConfig, total_steps: int,
+                       backbone: keras.Model,
+                       head: cfal.heads.Head) -> Optimization:
+  """The optimizers of the run's parameter groups (`optimization.py`):
+  one unless `head_learning_rate` or `freeze_backbone_steps` split them.
+
+  Call it inside the strategy scope, then `.build()`.
+  """
+  opt = config.optimizer
+  optimization = make_groups(
+      parameter_parts(backbone, head), learning_rate=opt.learning_rate,
+      head_learning_rate=opt.head_learning_rate,
+      freeze_backbone_steps=opt.freeze_backbone_steps,
+      optimizer_for=lambda rate, first: build_optimizer(
+          config, total_steps, learning_rate=rate, first_step=first))
+  if len(optimization.groups) > 1 and optimization.scales_loss:
+    raise UsageError("--mixed_precision=float16 needs one loss scale for "
+                     "the whole model: drop --head_learning_rate and "
+                     "--freeze_backbone_steps, or use bfloat16.")
+  return optimization
+
+
+def build_optimizer(config: TrainConfig, total_steps: int, *,
+                    learning_rate: float | None = None,
+                    first_step: int = 0) -> keras.optimizers.Optimizer:
   """The Keras optimizer and learning-rate schedule of `config.optimizer`.
 
   Call it inside the strategy scope, then `optimizer.build(variables)`.
   float16 runs get a `LossScaleOptimizer`.
+
+  Args:
+    config: the run's configuration.
+    total_steps: the run's length (the cosine decay's end).
+    learning_rate: the peak rate (default `config.optimizer.learning_rate`;
+      a parameter group can have its own).
+    first_step: the step at which this optimizer's first update happens;
+      its schedule is read at `iterations + first_step`.
   """
   opt = config.optimizer
+  peak = opt.learning_rate if learning_rate is None else learning_rate
   lr: float | keras.optimizers.schedules.LearningRateSchedule
-  lr = opt.learning_rate
+  lr = peak
   if opt.schedule == "cosine":
     decay = max(1, total_steps - opt.warmup_steps)
     if opt.warmup_steps:
       lr = keras.optimizers.schedules.CosineDecay(
-          0.0, decay, warmup_target=opt.learning_rate,
-          warmup_steps=opt.warmup_steps)
+          0.0, decay, warmup_target=peak, warmup_steps=opt.warmup_steps)
     else:
-      lr = keras.optimizers.schedules.CosineDecay(opt.learning_rate, decay)
+      lr = keras.optimizers.schedules.CosineDecay(peak, decay)
+    if first_step:
+      lr = OffsetSchedule(lr, first_step)
   elif opt.schedule != "constant":
     raise UsageError(f"Unknown --schedule={opt.schedule!r}; choose constant "
                      f"or cosine.")

@@ -52,6 +52,11 @@ class OptimizerConfig:
   momentum: float = 0.9           # sgd only
   schedule: str = "cosine"
   warmup_steps: int = 0
+  # Parameter groups (cfal.training.optimization): the head's own peak
+  # rate (None: learning_rate), and how many steps the backbone's body
+  # stays frozen while the projection and the head train.
+  head_learning_rate: float | None = None
+  freeze_backbone_steps: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

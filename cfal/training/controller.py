@@ -106,6 +106,11 @@ class Controller:
             self.built.total_steps - current)
     for every in (self.built.eval_every, self.checkpoint_every):
       n = min(n, every - current % every)
+    # A call never crosses a change of what is trained (the body joining
+    # after --freeze_backbone_steps).
+    for boundary in self.built.optimization.boundaries():
+      if current < boundary:
+        n = min(n, boundary - current)
     return n
 
   # -- the run ----------------------------------------------------------------
@@ -153,8 +158,8 @@ class Controller:
     n = self.chunk(current)
     budget = run.skip_nonfinite_steps - int(counters.skipped.numpy())
     began = time.perf_counter()
-    results = self.steps.train_loop(self.iterator, tf.constant(n),
-                                    tf.constant(max(budget, 0)))
+    results = self.steps.loop_for(current)(self.iterator, tf.constant(n),
+                                           tf.constant(max(budget, 0)))
     consumed = int(results["steps"])
     seconds = time.perf_counter() - began
     if int(results["fault"]):
@@ -173,7 +178,7 @@ class Controller:
     self.history.append({"step": current, "loss": loss,
                          "accuracy": accuracy})
     scalars = {"loss": loss, "accuracy": accuracy,
-               "learning_rate": float(built.optimizer.learning_rate),
+               **built.optimization.learning_rates(),
                "skipped_steps": float(counters.skipped.numpy())}
     # The first call of a process also traces and compiles: no rate, no ETA.
     first = not timer.timed

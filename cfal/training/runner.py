@@ -161,6 +161,9 @@ def hparams(config: TrainConfig, mode: str) -> dict:
             "imbalance_ratio": config.data.imbalance_ratio,
             "batch_size": config.run.batch_size,
             "learning_rate": config.optimizer.learning_rate,
+            "head_learning_rate": (config.optimizer.head_learning_rate
+                                   or config.optimizer.learning_rate),
+            "freeze_backbone_steps": config.optimizer.freeze_backbone_steps,
             "optimizer": config.optimizer.name, "step_mode": mode,
             "mixed_precision": config.run.mixed_precision,
             "seed": config.run.seed}

@@ -8,19 +8,23 @@ Between the two, every replica reports whether its images, embeddings,
 loss and gradients are finite; a step that is not finite anywhere is never
 applied (see `FAULTS`). `train_loop` runs `steps_per_loop` steps in one
 compiled call with a `tf.while_loop` over the distributed iterator; the
-step count is a tensor, so changing it does not retrace. Nothing here
+step count is a tensor, so changing it does not retrace. While the
+backbone's body is frozen (`loop_for(step)`), another compiled loop runs
+it in inference mode and differentiates only the projection and head. Nothing here
 needs AutoGraph (the loop is written as a while_loop), and compiling
 without it saves ~10 s of source transformation per trace.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import keras
 import tensorflow as tf
 
 from cfal.heads import Head
+from cfal.training.optimization import Group, Optimization
 
 if TYPE_CHECKING:
   from cfal.training.build import Built
@@ -35,14 +39,16 @@ class Steps:
     strategy: the distribution strategy everything was built under.
     backbone: images -> embeddings (a Keras model, called, never fit).
     head: a `cfal.heads.Head`.
-    optimizer: a built Keras optimizer (a `LossScaleOptimizer` for float16).
+    optimization: the optimizers of the parameter groups, built
+      (`Optimization.single(optimizer, variables)` for one optimizer; a
+      `LossScaleOptimizer` for float16).
     global_batch_size: examples per step over all replicas.
     mode: "eager", "function" or "xla".
   """
 
   def __init__(self, *, strategy: tf.distribute.Strategy,
                backbone: keras.Model, head: Head,
-               optimizer: keras.optimizers.Optimizer,
+               optimization: Optimization,
                global_batch_size: int,
                mode: str):
     if mode not in STEP_MODES:
@@ -51,30 +57,48 @@ class Steps:
     self.strategy = strategy
     self.backbone = backbone
     self.head = head
-    self.optimizer = optimizer
+    self.optimization = optimization
     self.global_batch_size = global_batch_size
     self.mode = mode
-    # A tf.Module does not list a Keras 3 layer's variables: collect both.
-    self.variables = (list(backbone.trainable_variables)
-                      + list(head.trainable_variables))
     # What the forward pass itself moves (BatchNorm statistics, dropout
     # seeds): put back when a step turns out not finite.
     self.forward_state = list(backbone.non_trainable_variables)
-    self._scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-    self._compute = (
-        tf.function(self._compute_fn, jit_compile=True, autograph=False)
-        if mode == "xla" else self._compute_fn)
-    self.train_loop = (self._train_loop_fn if mode == "eager" else
-                       tf.function(self._train_loop_fn, autograph=False))
+    self._scales_loss = optimization.scales_loss
+    self._loops: dict[tuple[str, ...], object] = {}
+    self.train_loop = self._loop(tuple(optimization.groups))
 
-  def _compute_fn(self, images, labels):
+  def loop_for(self, step: int):
+    """The compiled loop for the groups trained at `step` (a call must
+    not cross `optimization.boundaries()`)."""
+    return self._loop(tuple(self.optimization.active(step)))
+
+  def _loop(self, groups: tuple[Group, ...]):
+    key = tuple(g.name for g in groups)
+    if key not in self._loops:
+      # The body is frozen when its group is not among these: run the
+      # backbone in inference mode, so its BatchNorm statistics stay put.
+      training = len(groups) == len(self.optimization.groups)
+      compute = lambda images, labels: self._compute_fn(  # noqa: E731
+          images, labels, groups, training)
+      if self.mode == "xla":
+        compute = tf.function(compute, jit_compile=True, autograph=False)
+      loop = lambda iterator, num_steps, skip_budget=0: (  # noqa: E731
+          self._train_loop_fn(iterator, num_steps, skip_budget,
+                              groups=groups, compute=compute))
+      self._loops[key] = (loop if self.mode == "eager" else
+                          tf.function(loop, autograph=False))
+    return self._loops[key]
+
+  def _compute_fn(self, images, labels, groups, training):
+    variables = [v for g in groups for v in g.variables]
     with tf.GradientTape() as tape:
-      embeddings = self.backbone(images, training=True)
+      embeddings = self.backbone(images, training=training)
       per_example = self.head.loss(embeddings, labels)
       loss = tf.nn.compute_average_loss(
           per_example, global_batch_size=self.global_batch_size)
-      scaled = self.optimizer.scale_loss(loss) if self._scales_loss else loss
-    grads = tape.gradient(scaled, self.variables)
+      scaled = (self.optimization.scale_loss(loss) if self._scales_loss
+                else loss)
+    grads = tape.gradient(scaled, variables)
     # Accuracy of the forward pass that produced the loss, before the
     # update moves the head.
     hits = tf.reduce_sum(tf.cast(
@@ -83,21 +107,22 @@ class Steps:
     return embeddings, loss, grads, hits, _fault(
         images, embeddings, loss, grads, check_grads=not self._scales_loss)
 
-  def _replica_compute(self, images, labels):
+  def _replica_compute(self, images, labels, compute):
     saved = [tf.identity(v) for v in self.forward_state]
-    return (*self._compute(images, labels), saved)
+    return (*compute(images, labels), saved)
 
   def _replica_restore(self, saved):
     for variable, value in zip(self.forward_state, saved):
       variable.assign(value)
     return tf.constant(0)
 
-  def _replica_apply(self, grads, embeddings, labels):
-    self.optimizer.apply_gradients(zip(grads, self.variables))
+  def _replica_apply(self, grads, embeddings, labels, groups):
+    self.optimization.apply(groups, grads)
     self.head.update(embeddings, labels)
     return tf.constant(0)
 
-  def _train_loop_fn(self, iterator, num_steps, skip_budget=0):
+  def _train_loop_fn(self, iterator, num_steps, skip_budget=0, *,
+                     groups, compute):
     """Runs up to `num_steps` steps in one call.
 
     A step whose images, embeddings, loss or gradients are not finite on
@@ -119,13 +144,15 @@ class Steps:
     def body(i, applied, skipped, fault, loss_sum, correct):
       images, labels = next(iterator)
       embeddings, loss, grads, hits, faults, saved = self.strategy.run(
-          _plain(self._replica_compute), args=(images, labels))
+          _plain(functools.partial(self._replica_compute, compute=compute)),
+          args=(images, labels))
       code = _first_fault(reduce_sum(faults))
       finite = tf.equal(code, 0)
 
       def apply():
-        self.strategy.run(_plain(self._replica_apply),
-                          args=(grads, embeddings, labels))
+        self.strategy.run(
+            _plain(functools.partial(self._replica_apply, groups=groups)),
+            args=(grads, embeddings, labels))
         return reduce_sum(loss), reduce_sum(hits)
 
       def undo():
@@ -193,5 +220,5 @@ def steps_for(built: "Built", mode: str) -> Steps:
   """The compiled train loop of a built run (`cfal.training.build.build`)
   in step mode `mode`."""
   return Steps(strategy=built.strategy, backbone=built.backbone,
-               head=built.head, optimizer=built.optimizer,
+               head=built.head, optimization=built.optimization,
                global_batch_size=built.config.run.batch_size, mode=mode)

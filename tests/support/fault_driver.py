@@ -71,18 +71,22 @@ def install(point: str) -> None:
 
     def init(self, *args, **kwargs):
       original(self, *args, **kwargs)
-      call = self.train_loop
+      loop_for = self.loop_for
 
-      def timed(*a, **k):
-        began = time.perf_counter()
-        if len(durations) == n - 1:
-          # Half-way through this call, judged by the last one's length.
-          delay = 0.5 * (durations[-1] if durations else 1.0)
-          threading.Timer(delay, _kill).start()
-        result = call(*a, **k)
-        durations.append(time.perf_counter() - began)
-        return result
-      self.train_loop = timed
+      def timed_loop_for(step):
+        call = loop_for(step)
+
+        def timed(*a, **k):
+          began = time.perf_counter()
+          if len(durations) == n - 1:
+            # Half-way through this call, judged by the last one's length.
+            delay = 0.5 * (durations[-1] if durations else 1.0)
+            threading.Timer(delay, _kill).start()
+          result = call(*a, **k)
+          durations.append(time.perf_counter() - began)
+          return result
+        return timed
+      self.loop_for = timed_loop_for
     steps.Steps.__init__ = init
   elif name == "checkpoint-data":
     gen_io_ops.merge_v2_checkpoints = _counting(

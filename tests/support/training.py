@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 
@@ -49,3 +54,66 @@ def train_script():
   """The train command's module (`cfal.commands.train`, what train.py and
   cfal-train run): its flags, `check_flags` and `config_from_flags`."""
   return importlib.import_module("cfal.commands.train")
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+DRIVER = ROOT / "tests" / "support" / "fault_driver.py"
+
+
+def deterministic_config(logdir, **run):
+  """30 steps; checkpoints at 10, 15, 20, 30; validation at 15 and 30."""
+  args = dict(train_steps=30, steps_per_loop=5, checkpoint_every=10,
+              eval_every=15, deterministic=True)
+  args.update(run)
+  return small_config(logdir, head="cfal", head_args={"sigma": 16.0}, **args)
+
+
+def run_driver(config, point: str, timeout: float = 600):
+  """Runs `config` in tests/support/fault_driver.py, killed at `point`."""
+  path = pathlib.Path(config.run.logdir).parent / (
+      pathlib.Path(config.run.logdir).name + ".json")
+  path.write_text(config.to_json())
+  return subprocess.run([sys.executable, str(DRIVER), str(path), point],
+                        capture_output=True, text=True, timeout=timeout,
+                        cwd=ROOT, check=False,
+                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+
+
+def export_embeddings(logdir) -> np.ndarray:
+  """The exported model's embeddings of 8 fixed random images."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  model = tf.saved_model.load(str(pathlib.Path(logdir) / "export"))
+  images = tf.random.stateless_uniform([8, 28, 28, 1], seed=[5, 6])
+  return model.embed(images)["embeddings"].numpy()
+
+
+def straight_run(config) -> dict:
+  """Trains `config` uninterrupted; what `assert_same_run` compares with."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from cfal.training.runner import train  # pylint: disable=import-outside-toplevel
+  logdir = pathlib.Path(config.run.logdir)
+  result = train(config, echo=lambda _: None)
+  return {"logdir": logdir, "weights": checkpoint_weights(logdir),
+          "validation": result.validation,
+          "best": result.best_balanced_accuracy,
+          "best_checkpoint": tf.train.latest_checkpoint(
+              str(logdir / "checkpoints" / "best")),
+          "export": export_embeddings(logdir)}
+
+
+def assert_same_run(logdir, result, straight) -> None:
+  """The run in `logdir` ended bit-identical to `straight_run`'s: every
+  checkpointed variable, the validation, the best checkpoint, the export."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  logdir = pathlib.Path(logdir)
+  weights = checkpoint_weights(logdir)
+  assert weights.keys() == straight["weights"].keys()
+  for name, value in straight["weights"].items():
+    np.testing.assert_array_equal(weights[name], value, err_msg=name)
+  assert json.dumps(result.validation, sort_keys=True) == json.dumps(
+      straight["validation"], sort_keys=True)
+  assert result.best_balanced_accuracy == straight["best"]
+  best = tf.train.latest_checkpoint(str(logdir / "checkpoints" / "best"))
+  assert pathlib.Path(best).name == pathlib.Path(
+      straight["best_checkpoint"]).name
+  np.testing.assert_array_equal(export_embeddings(logdir), straight["export"])

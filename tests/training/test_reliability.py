@@ -8,9 +8,7 @@ same validation metrics, under `deterministic=True`.
 
 from __future__ import annotations
 
-import json
 import os
-import pathlib
 import signal
 import subprocess
 import sys
@@ -21,35 +19,9 @@ import pytest
 import tensorflow as tf
 
 from cfal.training.runner import train
-from support.training import checkpoint_weights, small_config
-
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-DRIVER = ROOT / "tests" / "support" / "fault_driver.py"
-
-
-def deterministic_config(logdir, **run):
-  """30 steps; checkpoints at 10, 15, 20, 30; validation at 15 and 30."""
-  args = dict(train_steps=30, steps_per_loop=5, checkpoint_every=10,
-              eval_every=15, deterministic=True)
-  args.update(run)
-  return small_config(logdir, head="cfal", head_args={"sigma": 16.0}, **args)
-
-
-def run_driver(config, point: str, timeout: float = 600):
-  path = pathlib.Path(config.run.logdir).parent / (
-      pathlib.Path(config.run.logdir).name + ".json")
-  path.write_text(config.to_json())
-  return subprocess.run([sys.executable, str(DRIVER), str(path), point],
-                        capture_output=True, text=True, timeout=timeout,
-                        cwd=ROOT, check=False,
-                        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-
-
-def export_embeddings(logdir) -> np.ndarray:
-  model = tf.saved_model.load(str(pathlib.Path(logdir) / "export"))
-  images = tf.random.stateless_uniform([8, 28, 28, 1], seed=[5, 6])
-  return model.embed(images)["embeddings"].numpy()
-
+from support.training import (ROOT, assert_same_run, checkpoint_weights,
+                              deterministic_config, run_driver, small_config,
+                              straight_run)
 
 def test_determinism_ends_with_the_run(tmp_path):
   """Op determinism is process-wide in TensorFlow; left on, it broke a
@@ -68,28 +40,8 @@ def test_determinism_ends_with_the_run(tmp_path):
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
   """The uninterrupted run every interrupted one must equal."""
-  logdir = tmp_path_factory.mktemp("straight") / "run"
-  result = train(deterministic_config(logdir), echo=lambda _: None)
-  return {"logdir": logdir, "weights": checkpoint_weights(logdir),
-          "validation": result.validation,
-          "best": result.best_balanced_accuracy,
-          "best_checkpoint": tf.train.latest_checkpoint(
-              str(logdir / "checkpoints" / "best")),
-          "export": export_embeddings(logdir)}
-
-
-def assert_same_run(logdir, result, straight):
-  weights = checkpoint_weights(logdir)
-  assert weights.keys() == straight["weights"].keys()
-  for name, value in straight["weights"].items():
-    np.testing.assert_array_equal(weights[name], value, err_msg=name)
-  assert json.dumps(result.validation, sort_keys=True) == json.dumps(
-      straight["validation"], sort_keys=True)
-  assert result.best_balanced_accuracy == straight["best"]
-  best = tf.train.latest_checkpoint(str(logdir / "checkpoints" / "best"))
-  assert pathlib.Path(best).name == pathlib.Path(
-      straight["best_checkpoint"]).name
-  np.testing.assert_array_equal(export_embeddings(logdir), straight["export"])
+  return straight_run(deterministic_config(
+      tmp_path_factory.mktemp("straight") / "run"))
 
 
 KILL_POINTS = [

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 import cfal.heads
+from cfal.training.optimization import Optimization
 from cfal.training.steps import Steps
 
 
@@ -29,7 +30,9 @@ def test_training_accuracy_is_that_of_the_forward_pass_of_the_loss(mode):
   optimizer = keras.optimizers.SGD(100.0)
   optimizer.build(list(head.trainable_variables))
   steps = Steps(strategy=strategy, backbone=backbone, head=head,
-                optimizer=optimizer, global_batch_size=len(labels), mode=mode)
+                optimization=Optimization.single(
+                    optimizer, head.trainable_variables),
+                global_batch_size=len(labels), mode=mode)
   dataset = tf.data.Dataset.from_tensors((images, labels)).repeat()
   iterator = iter(strategy.experimental_distribute_dataset(dataset))
   results = steps.train_loop(iterator, tf.constant(1), tf.constant(0))
