@@ -2,12 +2,19 @@
 
 Distribution code is tested on CPU by splitting it into logical devices, the
 way `train.py --cpu_replicas=N` does; this has to happen once, before any
-test touches a device.
+test touches a device. Scan caches of image folders go to a temporary
+folder of this test session (and its subprocesses), never the user's.
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_CACHE = tempfile.mkdtemp(prefix="cfal-test-cache-")
+os.environ["CFAL_CACHE_DIR"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 from cfal import cli  # noqa: E402  (before TensorFlow: its oneDNN setting)
 cli.prepare_environment()

@@ -67,4 +67,4 @@ def test_installed_commands_use_the_installed_package(installed, tmp_path):
   assert done.returncode == 2
   assert done.stderr.splitlines() == [
       "cfal-train: Unknown dataset 'imagenet'; choose one of fashion_mnist, "
-      "mnist, folder:<path>."]
+      "mnist, folder:<path>, csv:<path>."]

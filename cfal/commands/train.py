@@ -31,8 +31,20 @@ FLAGS = flags.FLAGS
 
 # Data.
 flags.DEFINE_string("dataset", "fashion_mnist",
-                    "fashion_mnist, mnist or folder:<path> (one subfolder "
-                    "per class).")
+                    "fashion_mnist, mnist, folder:<path> (one subfolder "
+                    "per class) or csv:<path> (a manifest with columns "
+                    "path,label[,group], paths relative to its folder).")
+flags.DEFINE_string("group_by", None, "Hold out whole groups (slides, "
+                    "patients) for validation: a regular expression with "
+                    "(?P<group>...) searched in each file's path relative "
+                    "to the folder, e.g. 'TCGA-(?P<group>..-....)', or csv "
+                    "for the manifest's group column.")
+flags.DEFINE_string("test_dataset", None, "An external test set for a "
+                    "folder: or csv: training set (folder:<path> or "
+                    "csv:<path>, the same classes, e.g. CRC-VAL-HE-7K); "
+                    "eval --split=test uses it.")
+flags.DEFINE_bool("cache", False, "Keep the decoded training and validation "
+                  "images in memory (small sets; the same batches).")
 flags.DEFINE_string("data_dir", None, "Where to look for the data first "
                     "(then $CFAL_DATA_DIR, system and Keras locations).")
 flags.DEFINE_float("validation_split", 0.1, "Fraction of each class held out "
@@ -160,14 +172,16 @@ flags.DEFINE_bool("allow_config_change", False, "Resume a run although "
 flags.DEFINE_bool("verbose", False, "Show tracebacks for errors.")
 
 
-def config_from_flags():
-  """Turns the flags into the library's plain config objects."""
+def config_from_flags(check_model: bool = True):
+  """Turns the flags into the library's plain config objects (with
+  `check_model` False, the head and backbone options are left unchecked
+  and empty, for checking the data settings first)."""
   # Imported here so `--help` stays fast.
   from cfal.data.config import DataConfig  # pylint: disable=import-outside-toplevel
   from cfal.training.config import (  # pylint: disable=import-outside-toplevel
       ModelConfig, OptimizerConfig, RunConfig, TrainConfig)
 
-  head_args, backbone_args = model_options()
+  head_args, backbone_args = model_options() if check_model else ({}, {})
   slug = re.sub(r"[^A-Za-z0-9_.-]+", "_",
                 FLAGS.dataset.replace("folder:", "").strip("/"))
   logdir = FLAGS.logdir or os.path.join("runs", f"{slug}-{FLAGS.head}")
@@ -177,7 +191,9 @@ def config_from_flags():
                       imbalance_ratio=FLAGS.imbalance_ratio,
                       image_size=FLAGS.image_size, augment=FLAGS.augment,
                       seed=FLAGS.seed,
-                      max_bad_fraction=FLAGS.max_bad_fraction),
+                      max_bad_fraction=FLAGS.max_bad_fraction,
+                      group_by=FLAGS.group_by,
+                      test_dataset=FLAGS.test_dataset, cache=FLAGS.cache),
       model=ModelConfig(backbone=FLAGS.backbone,
                         embedding_dim=FLAGS.embedding_dim, head=FLAGS.head,
                         head_args=head_args, backbone_args=backbone_args),
@@ -240,9 +256,9 @@ def check_flags() -> None:
   a usage error appears at once.
   """
   # pylint: disable=import-outside-toplevel
-  from cfal.data.config import check_dataset_name
+  from cfal.data.config import check_data_config
   try:
-    check_dataset_name(FLAGS.dataset)
+    check_data_config(config_from_flags(check_model=False).data)
   except ValueError as error:
     raise_usage(str(error))
   model_options()
@@ -328,7 +344,8 @@ def main(argv) -> int:
       from cfal.data.config import has_test_split  # pylint: disable=import-outside-toplevel
       for line in cli.done_lines(
           argv[0], result.logdir, result.export_path,
-          has_test_split=has_test_split(config.data.name)):
+          has_test_split=has_test_split(config.data.name,
+                                        config.data.test_dataset)):
         print(line)
 
   return cli.run(program, argv, body, verbose=FLAGS.verbose,

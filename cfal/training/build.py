@@ -156,10 +156,13 @@ def build_strategy(config: TrainConfig) -> tf.distribute.Strategy:
   return strategy
 
 
-def load_data(config: TrainConfig) -> datasets.DataBundle:
-  """The dataset `config.data` names; a bad setting is a UsageError."""
+def load_data(config: TrainConfig, progress=None) -> datasets.DataBundle:
+  """The dataset `config.data` names; a bad setting is a UsageError.
+
+  `progress` gets a `cfal.data.scan.ScanProgress` every few seconds while
+  image files are checked (a folder's first scan)."""
   try:
-    return datasets.load_data(config.data)
+    return datasets.load_data(config.data, progress=progress)
   except ValueError as error:
     if isinstance(error, datasets.DataError):
       raise

@@ -72,9 +72,11 @@ def check_split(run: TrainConfig, split: str) -> None:
   if split not in SPLITS:
     raise UsageError(f"Unknown --split={split!r}; choose test or "
                      f"validation.")
-  if split == "test" and not has_test_split(run.data.name):
-    raise UsageError(f"{run.data.name} has no test split; use "
-                     f"--split=validation.")
+  if split == "test" and not has_test_split(run.data.name,
+                                            run.data.test_dataset):
+    raise UsageError(f"{run.data.name} has no test split (train with "
+                     f"--test_dataset=folder:... or csv:... for an external "
+                     f"one); use --split=validation.")
 
 
 def checkpoint_path(logdir: pathlib.Path, which: str) -> str:

@@ -67,7 +67,7 @@ def _evaluate(config: EvalConfig, run: TrainConfig, echo: Printer) -> dict:
   path = None
   if config.saved_model:
     model = _load_saved_model(config.saved_model)
-    data = build_lib.load_data(run)
+    data = build_lib.load_data(run, progress=lambda p: echo(str(p)))
     forward, metric = saved_model_forward(model), (
         model.embedding_metric.numpy().decode())
     prototypes = model.head.prototypes.numpy()
@@ -80,7 +80,9 @@ def _evaluate(config: EvalConfig, run: TrainConfig, echo: Printer) -> dict:
     if saved is not None and saved != run.model.identity():
       raise UsageError(f"Checkpoint {path} holds {saved}, but this run is "
                        f"{run.model.identity()}: use that run's --logdir.")
-    built = build_lib.build(run, training=False, strategy=strategy)
+    built = build_lib.build(run, training=False, strategy=strategy,
+                            data=build_lib.load_data(
+                                run, progress=lambda p: echo(str(p))))
     data = built.data
     try:
       # Optimizer slots stay behind on purpose: evaluation needs the model.

@@ -8,6 +8,7 @@ event files, checkpoints and the export.
 
 from __future__ import annotations
 
+import json
 import pathlib
 import shutil
 import tempfile
@@ -15,6 +16,7 @@ from typing import Callable
 
 import tensorflow as tf
 
+from cfal.data import datasets
 from cfal.errors import UsageError
 from cfal.report import tensorboard
 from cfal.training import build as build_lib
@@ -90,9 +92,15 @@ def _run(config: TrainConfig, strategy: tf.distribute.Strategy, mode: str,
          logdir: pathlib.Path, outdir: pathlib.Path, echo: Printer, *,
          chief: bool, preemption: Preemption) -> RunResult:
   config = check_run_dir(logdir, config)
-  built = build_lib.build(config, strategy=strategy)
+  data = build_lib.load_data(config, progress=lambda p: echo(str(p)))
+  built = build_lib.build(config, strategy=strategy, data=data)
   for note in built.data.notes:
     echo(f"note: {note}")
+  if chief and config.data.name.startswith(("folder:", "csv:")):
+    # Files a reviewer can check: which file went to which split (and
+    # group), so no slide is on both sides.
+    write_atomically(outdir / "splits.json", json.dumps(
+        datasets.split_record(built.data)))
   latest = SaveCheckpoint(built, outdir / "checkpoints", max_to_keep=3)
   best = SaveCheckpoint(built, outdir / "checkpoints" / "best", max_to_keep=1)
   resumed = latest.restore(outdir)

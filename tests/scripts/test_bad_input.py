@@ -56,7 +56,7 @@ HEADS = ", ".join(sorted(registry.HEADS))
      "names: seed_cnn, prelu_cnn, resnet, cct"),
     (["--head=nope"], f"Unknown --head='nope'; choose one of {HEADS}."),
     (["--dataset=imagenet"], "Unknown dataset 'imagenet'; choose one of "
-     "fashion_mnist, mnist, folder:<path>."),
+     "fashion_mnist, mnist, folder:<path>, csv:<path>."),
     (["--gpus=1", "--cpu_replicas=2"], "--gpus=1 and --cpu_replicas=2 "
      "contradict each other: pick one."),
     (["--head=arcface", "--margin=3.2"], "--head=arcface: ArcFace `margin` "

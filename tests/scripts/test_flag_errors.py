@@ -61,8 +61,13 @@ def _run(script: str, *args: str, cwd=ROOT) -> tuple[int, list[str], float]:
      "beta, gamma, spread_weight."),
     ("train.py", ["--head=cfal", "--sigma=-1"], None),
     ("train.py", ["--dataset=imagenet"], "train.py: Unknown dataset "
-     "'imagenet'; choose one of fashion_mnist, mnist, folder:<path>."),
+     "'imagenet'; choose one of fashion_mnist, mnist, folder:<path>, "
+     "csv:<path>."),
     ("train.py", ["--backbone=resnet", "--backbone_args=width=0"], None),
+    ("train.py", ["--group_by=slide(?P<group>\\d+)"], "train.py: --group_by "
+     "is for folder: and csv: datasets, not fashion_mnist."),
+    ("train.py", ["--dataset=folder:/tiles", "--group_by=slide(\\d+)"], None),
+    ("train.py", ["--test_dataset=folder:/tiles"], None),
     ("train.py", ["--batch_size=0"], "train.py: --batch_size (0) must be "
      ">= 1."),
     ("train.py", ["--gpus=2", "--cpu_replicas=2"], None),
@@ -84,7 +89,8 @@ def _run(script: str, *args: str, cwd=ROOT) -> tuple[int, list[str], float]:
      "/nonexistent/a has no evaluation of the test split: evaluate it first "
      "(--logdir=/nonexistent/a --split=test)."),
 ], ids=["unknown_flag", "missing_flagfile", "bad_enum", "head_value",
-        "head_option", "cfal_sigma", "dataset", "backbone_arg", "batch_size",
+        "head_option", "cfal_sigma", "dataset", "backbone_arg",
+        "group_by_digits", "group_by_unnamed", "test_dataset_digits", "batch_size",
         "gpus_and_cpus", "positional", "eval_bad_enum", "eval_no_logdir",
         "eval_missing_run", "eval_figure_format", "eval_dpi",
         "eval_compare"])

@@ -231,7 +231,9 @@ def test_folder_runs_refuse_the_test_split_before_reading_the_folder(
   message = _one_line_usage_error(lambda: evaluation.evaluate_run(
       evaluation.EvalConfig(logdir=str(tmp_path / "run"), split="test"),
       echo=lambda _: None))
-  assert message == f"folder:{root} has no test split; use --split=validation."
+  assert message == (f"folder:{root} has no test split (train with "
+                     f"--test_dataset=folder:... or csv:... for an external "
+                     f"one); use --split=validation.")
 
 
 def test_long_retrieval_metrics_report_their_progress():
