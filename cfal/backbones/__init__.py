@@ -18,7 +18,12 @@ from typing import Any
 _LAZY = {
     "BACKBONES": "cfal.backbones.factory",
     "build_backbone": "cfal.backbones.factory",
+    "ImagePreprocessing": "cfal.backbones.applications",
+    "application_body": "cfal.backbones.applications",
+    "batchnorm_layers": "cfal.backbones.applications",
+    "build_application": "cfal.backbones.applications",
     "build_cct": "cfal.backbones.cct",
+    "load_pretrained": "cfal.backbones.pretrained",
     "PositionEmbedding": "cfal.backbones.cct",
     "SelfAttention": "cfal.backbones.cct",
     "SequencePooling": "cfal.backbones.cct",

@@ -5,7 +5,10 @@ options it takes, each with its type, range and help. train.py reads this
 to check `--backbone` and `--backbone_args=width=32,depth_per_stage=1;1`
 before TensorFlow loads; `cfal.backbones.build_backbone` checks the same
 declarations before it builds. Adding a backbone is one builder file and
-one entry here.
+one entry here. The Keras Applications backbones (resnet50, densenet121,
+efficientnetv2_b0, efficientnetv2_s, convnext_tiny, mobilenetv3_large)
+can start from ImageNet weights (`cfal.backbones.sources`,
+`cfal.backbones.pretrained`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,21 @@ from typing import Any, Mapping
 from cfal.options import Option, Spec
 
 _DROP = dict(low=0.0, high=1.0, high_open=True)
+
+
+def _application(name: str, summary: str, *, batchnorm: bool = True) -> Spec:
+  """The spec of a Keras Applications backbone (applications.py)."""
+  options = (
+      Option("normalize", "bool", "L2-normalise the embedding (set from "
+             "the head's needs unless given)."),
+  )
+  if batchnorm:
+    options += (Option("freeze_batchnorm", "bool", "BatchNorm in inference "
+                       "mode: moving statistics, gamma and beta frozen, as "
+                       "when fine-tuning."),)
+  return Spec(name, f"cfal.backbones.applications:build_{name}", options,
+              f"{summary} from Keras Applications; ImageNet weights exist")
+
 
 BACKBONES: dict[str, Spec] = {spec.name: spec for spec in (
     Spec("seed_cnn", "cfal.backbones.seed_cnn:build_seed_cnn", (
@@ -42,6 +60,13 @@ BACKBONES: dict[str, Spec] = {spec.name: spec for spec in (
                **_DROP),
         Option("position_embedding", "bool", "Learned position embedding."),
     ), "Compact Convolutional Transformer, the CFAL paper's backbone"),
+    _application("resnet50", "ResNet-50"),
+    _application("densenet121", "DenseNet-121"),
+    _application("efficientnetv2_b0", "EfficientNetV2-B0"),
+    _application("efficientnetv2_s", "EfficientNetV2-S"),
+    _application("convnext_tiny", "ConvNeXt-T (LayerNorm, no BatchNorm)",
+                 batchnorm=False),
+    _application("mobilenetv3_large", "MobileNetV3-Large"),
 )}
 
 
