@@ -62,6 +62,12 @@ flags.DEFINE_float("max_bad_fraction", 0.01, "Folders: unreadable files are "
 flags.DEFINE_string("backbone", "seed_cnn", "One of: " + ", ".join(
     f"{name} ({spec.summary})" for name, spec in BACKBONES.items()))
 flags.DEFINE_integer("embedding_dim", 64, "Embedding size.")
+flags.DEFINE_string("pretrained", None, "Start the backbone from: imagenet "
+                    "(the Keras Applications backbones; Keras downloads the "
+                    "weights once into $KERAS_HOME/models), a Keras weights "
+                    "file (.h5, .weights.h5), another cfal run's directory "
+                    "(its best checkpoint, else latest) or a checkpoint "
+                    "prefix. Only a new run uses it.")
 def _describe(option) -> str:
   """"int >= 1", "float in [0, 1)", "bool", "flatten|avg"."""
   if option.choices:
@@ -196,7 +202,8 @@ def config_from_flags(check_model: bool = True):
                       test_dataset=FLAGS.test_dataset, cache=FLAGS.cache),
       model=ModelConfig(backbone=FLAGS.backbone,
                         embedding_dim=FLAGS.embedding_dim, head=FLAGS.head,
-                        head_args=head_args, backbone_args=backbone_args),
+                        head_args=head_args, backbone_args=backbone_args,
+                        pretrained=FLAGS.pretrained),
       optimizer=OptimizerConfig(name=FLAGS.optimizer,
                                 learning_rate=FLAGS.learning_rate,
                                 weight_decay=FLAGS.weight_decay,
@@ -262,6 +269,9 @@ def check_flags() -> None:
   except ValueError as error:
     raise_usage(str(error))
   model_options()
+  if FLAGS.pretrained:
+    from cfal.backbones.sources import check_source  # pylint: disable=import-outside-toplevel
+    check_source(FLAGS.backbone, FLAGS.pretrained)
   positive = ("batch_size", "steps_per_loop", "checkpoint_every",
               "embedding_dim", "projector_points")
   for name in positive:

@@ -27,6 +27,10 @@ class ModelConfig:
       defaults fill the rest. Class counts come from the data.
     backbone_args: backbone options given explicitly (see
       `cfal.backbones.registry`).
+    pretrained: where a new run's backbone weights come from: "imagenet"
+      (Keras Applications backbones), a Keras weights file, another cfal
+      run's directory or a checkpoint prefix; None trains from scratch.
+      Used once, when the run starts (a resumed run has its own weights).
   """
 
   backbone: str = "seed_cnn"
@@ -34,6 +38,7 @@ class ModelConfig:
   head: str = "cfal"
   head_args: dict[str, Any] = dataclasses.field(default_factory=dict)
   backbone_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+  pretrained: str | None = None
 
   def identity(self) -> str:
     """What a checkpoint records so it is never restored into another model

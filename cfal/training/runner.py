@@ -16,6 +16,7 @@ from typing import Callable
 
 import tensorflow as tf
 
+from cfal.backbones.pretrained import load_pretrained
 from cfal.data import datasets
 from cfal.errors import UsageError
 from cfal.report import tensorboard
@@ -104,6 +105,9 @@ def _run(config: TrainConfig, strategy: tf.distribute.Strategy, mode: str,
   latest = SaveCheckpoint(built, outdir / "checkpoints", max_to_keep=3)
   best = SaveCheckpoint(built, outdir / "checkpoints" / "best", max_to_keep=1)
   resumed = latest.restore(outdir)
+  if not resumed and config.model.pretrained:
+    # Every worker loads the same weights (the source must be on each).
+    echo(load_pretrained(built.backbone, config.model.pretrained))
   if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
     check_workers_agree(strategy, int(built.counters.step.numpy()))
   start = int(built.counters.step.numpy())

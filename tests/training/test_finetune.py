@@ -139,3 +139,37 @@ def test_a_run_killed_either_side_of_the_unfreeze_resumes_bit_identical(
   weights = checkpoint_weights(tmp_path / "run")
   assert int(weights["optimizer_body/_iterations/.ATTRIBUTES/"
                      "VARIABLE_VALUE"]) == 18
+
+
+def test_a_run_starts_from_another_runs_backbone(tmp_path):
+  # Transfer between cfal runs: the body comes from the source run's best
+  # checkpoint and, frozen, is still exactly that after training; the
+  # head and projection are new. A resumed run keeps its own weights.
+  source = small_config(tmp_path / "source", train_steps=6, steps_per_loop=3)
+  train(source, echo=lambda _: None)
+  config = _optimizer(small_config(tmp_path / "target", head="softmax",
+                                   train_steps=4, steps_per_loop=2),
+                      freeze_backbone_steps=4)
+  config = dataclasses.replace(config, model=dataclasses.replace(
+      config.model, pretrained=str(tmp_path / "source")))
+  lines = []
+  train(config, echo=lines.append)
+  assert any("the backbone of" in line and "best" in line for line in lines)
+  source_model = build_lib.build(source, training=False)
+  source_model.checkpoint.read(tf.train.latest_checkpoint(
+      str(tmp_path / "source" / "checkpoints" / "best"))).expect_partial()
+  target = build_lib.build(config, training=False)
+  target.checkpoint.read(tf.train.latest_checkpoint(
+      str(tmp_path / "target" / "checkpoints"))).expect_partial()
+  a = _variables_by_layer(source_model.backbone)
+  b = _variables_by_layer(target.backbone)
+  for name, values in a.items():
+    for x, y in zip(values, b[name]):
+      if name == "embedding":
+        assert not np.array_equal(x, y)
+      else:
+        np.testing.assert_array_equal(x, y, err_msg=name)
+  lines = []
+  train(dataclasses.replace(config, run=dataclasses.replace(
+      config.run, train_steps=6)), echo=lines.append)
+  assert not any("the backbone of" in line for line in lines)
