@@ -117,3 +117,18 @@ def assert_same_run(logdir, result, straight) -> None:
   assert pathlib.Path(best).name == pathlib.Path(
       straight["best_checkpoint"]).name
   np.testing.assert_array_equal(export_embeddings(logdir), straight["export"])
+
+
+def kill_and_resume(config, point: str):
+  """Kills a run of `config` at `point` (fault_driver.py), checks it died
+  by SIGKILL, reruns it to the end here and checks it resumed; returns
+  the rerun's result."""
+  import signal  # pylint: disable=import-outside-toplevel
+  from cfal.training.runner import train  # pylint: disable=import-outside-toplevel
+  killed = run_driver(config, point)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+  lines = []
+  result = train(config, echo=lines.append)
+  assert result.step == config.run.train_steps
+  assert any(line.startswith("Resuming") for line in lines), lines[:3]
+  return result

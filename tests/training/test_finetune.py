@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import signal
 
 import keras
 import numpy as np
@@ -14,8 +13,8 @@ from cfal.training import build as build_lib
 from cfal.training.optimization import make_groups, parameter_parts
 from cfal.training.runner import train
 from support.training import (assert_same_run, checkpoint_weights,
-                              deterministic_config, run_driver, small_config,
-                              straight_run)
+                              deterministic_config, kill_and_resume,
+                              small_config, straight_run)
 
 
 def _optimizer(config, **fields):
@@ -127,14 +126,7 @@ def straight_unfreezing(tmp_path_factory):
 ])
 def test_a_run_killed_either_side_of_the_unfreeze_resumes_bit_identical(
     point, straight_unfreezing, tmp_path):
-  config = _unfreezing_config(tmp_path / "run")
-  killed = run_driver(config, point)
-  assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-  lines = []
-  result = train(config, echo=lines.append)
-  assert result.step == 30
-  assert any(line.startswith("Resuming at") or line.startswith("Resuming")
-             for line in lines), lines[:3]
+  result = kill_and_resume(_unfreezing_config(tmp_path / "run"), point)
   assert_same_run(tmp_path / "run", result, straight_unfreezing)
   weights = checkpoint_weights(tmp_path / "run")
   assert int(weights["optimizer_body/_iterations/.ATTRIBUTES/"

@@ -20,8 +20,8 @@ import tensorflow as tf
 
 from cfal.training.runner import train
 from support.training import (ROOT, assert_same_run, checkpoint_weights,
-                              deterministic_config, run_driver, small_config,
-                              straight_run)
+                              deterministic_config, kill_and_resume,
+                              run_driver, small_config, straight_run)
 
 def test_determinism_ends_with_the_run(tmp_path):
   """Op determinism is process-wide in TensorFlow; left on, it broke a
@@ -56,13 +56,7 @@ KILL_POINTS = [
 
 @pytest.mark.parametrize("point", KILL_POINTS)
 def test_killed_run_resumes_bit_identical(point, straight, tmp_path):
-  config = deterministic_config(tmp_path / "run")
-  killed = run_driver(config, point)
-  assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-  lines = []
-  result = train(config, echo=lines.append)
-  assert result.step == 30
-  assert any(line.startswith("Resuming") for line in lines), lines[:3]
+  result = kill_and_resume(deterministic_config(tmp_path / "run"), point)
   assert not list((tmp_path / "run" / "checkpoints").glob("*_temp*"))
   assert_same_run(tmp_path / "run", result, straight)
 
