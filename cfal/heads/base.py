@@ -39,6 +39,12 @@ class Head(tf.Module):
       given `gamma` without taking it itself: back-propagated as in Lin et
       al. (True), or as a stop-gradient weight as the CFAL authors use it
       on affinities (False).
+    counts_set_logits: what a constructor's `class_counts` are for, so
+      that `build_head` knows when to pass them. False (Focal, CFAL): they
+      make the head's class weights, its default weighting. True
+      (LogitAdjusted, LDAM, the margin heads' per-class margins): they
+      shape the logits (priors, margins), are passed whenever the data's
+      counts are known, and class weighting stays a separate part.
 
   Args:
     num_classes: number of classes C, >= 2.
@@ -54,6 +60,7 @@ class Head(tf.Module):
   embedding_metric: str = "cosine"
   normalized_embeddings: bool = False
   focal_back_propagate: bool = True
+  counts_set_logits: bool = False
 
   def __init__(self, *, num_classes: int, embedding_dim: int,
                class_weights: parts.ClassWeights | Sequence[float] | None

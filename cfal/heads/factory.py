@@ -26,6 +26,9 @@ def build_head(name: str, *, num_classes: int, embedding_dim: int,
     effective-number weights from `class_counts` for Focal and CFAL, none
     for the others; "effective_number" asks for them on any head (with
     `beta`, default 0.9999); "none" turns them off.
+  * `class_counts` themselves go to heads whose logits use them
+    (`Head.counts_set_logits`: the priors of LogitAdjusted, the margins of
+    LDAM), whatever the class weighting.
   * `class_weights`: explicit per-class weights (with "auto" only).
   * `gamma` (> 0): a `FocalModulation`, back-propagated except on the
     affinity heads (`Head.focal_back_propagate`).
@@ -70,7 +73,12 @@ def _constructor_arguments(cls: type, takes: Any, options: dict,
   explicit = options.pop("class_weights", None)
   own_beta = "beta" in takes
   beta = options.get("beta") if own_beta else options.pop("beta", None)
-  takes_counts = "class_counts" in takes
+  # Counts that shape the logits are passed as they are; otherwise a
+  # constructor's `class_counts` are its own (default) class weighting.
+  counts_in_logits = "class_counts" in takes and cls.counts_set_logits
+  if counts_in_logits and class_counts is not None:
+    kwargs["class_counts"] = list(class_counts)
+  takes_counts = "class_counts" in takes and not counts_in_logits
   effective = weighting == "effective_number" or (weighting == "auto"
                                                   and takes_counts)
   if explicit is not None:

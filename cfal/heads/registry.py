@@ -48,6 +48,19 @@ M2 = Option("m2", "float", "Additive angular margin in radians (ArcFace's "
             "m).", low=0.0, high=math.pi, high_open=True)
 M3 = Option("m3", "float", "Additive cosine margin (CosFace's m).", low=0.0)
 
+# The long-tail options: priors and per-class margins from the class counts
+# (see cfal.heads.class_counts).
+MARGIN_COUNTS_POWER = Option(
+    "margin_counts_power", "float", "Per-class margins from the class "
+    "counts: class c gets margin * (r + (1 - r) (n_min / n_c)^lambda), "
+    "lambda this power and r margin_floor_ratio, so rarer classes get "
+    "larger margins (LDAM: 1/4); 0 gives every class the same margin.",
+    low=0.0)
+MARGIN_FLOOR_RATIO = Option(
+    "margin_floor_ratio", "float", "Per-class margins: the fraction r of "
+    "the margin that every class keeps however many examples it has.",
+    low=0.0, high=1.0)
+
 # The loss parts every head takes (see cfal.heads.parts).
 CLASS_WEIGHTING = Option(
     "class_weighting", "str", "Per-class loss weights: auto (the head's "
@@ -113,16 +126,18 @@ HEADS: dict[str, Spec] = {spec.name: spec for spec in (
           GAMMA, BETA, USE_BIAS),
     _spec("arcface", "arcface:ArcFace",
           "Additive angular margin (Deng et al. 2019).",
-          SCALE, _MARGINS["arcface"]),
+          SCALE, _MARGINS["arcface"], MARGIN_COUNTS_POWER,
+          MARGIN_FLOOR_RATIO),
     _spec("cosface", "cosface:CosFace",
           "Additive cosine margin (Wang et al. 2018).",
-          SCALE, _MARGINS["cosface"]),
+          SCALE, _MARGINS["cosface"], MARGIN_COUNTS_POWER,
+          MARGIN_FLOOR_RATIO),
     _spec("sphereface", "sphereface:SphereFace",
           "Multiplicative angular margin (Liu et al. 2017).",
           SCALE, _MARGINS["sphereface"]),
     _spec("combined_margin", "combined_margin:CombinedMargin",
           "cos(m1 theta + m2) - m3 on normalised logits (insightface).",
-          M1, M2, M3, SCALE),
+          M1, M2, M3, SCALE, MARGIN_COUNTS_POWER, MARGIN_FLOOR_RATIO),
     _spec("center_loss", "center_loss:CenterLoss",
           "Softmax plus a pull to class centers (Wen et al. 2016).",
           Option("alpha", "float", "Center-loss learning rate of the "

@@ -90,8 +90,8 @@ def test_generic_options():
     ("softmax", {"class_weights": "1,-2"}, "--head=softmax: "
      "`class_weights` (-2) must be in [0, inf]."),
     ("arcface", {"sigma": 3}, "--head=arcface takes no sigma; it takes "
-     "scale, margin, class_weighting, class_weights, beta, gamma, "
-     "spread_weight."),
+     "scale, margin, margin_counts_power, margin_floor_ratio, "
+     "class_weighting, class_weights, beta, gamma, spread_weight."),
 ])
 def test_check_head_options_messages(name, values, message):
   with pytest.raises(ValueError) as error:

@@ -76,8 +76,8 @@ HEADS = ", ".join(sorted(registry.HEADS))
     (["--backbone=resnet", "--backbone_args=width=0"], "--backbone=resnet: "
      "`width` (0) must be in [1, inf]."),
     (["--head=arcface", "--sigma=3"], "--head=arcface takes no sigma; it "
-     "takes scale, margin, class_weighting, class_weights, beta, gamma, "
-     "spread_weight."),
+     "takes scale, margin, margin_counts_power, margin_floor_ratio, "
+     "class_weighting, class_weights, beta, gamma, spread_weight."),
 ], ids=["backbone", "head", "dataset", "gpus+cpu", "margin", "sigma", "beta",
         "skip", "bad_fraction", "backbone_arg_name", "backbone_arg_value",
         "head_option"])

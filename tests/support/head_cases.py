@@ -12,6 +12,8 @@ import cfal.heads as heads
 NUM_CLASSES = 5
 EMBEDDING_DIM = 8
 COUNTS = [400, 120, 40, 12, 4]
+# The long tail at its extremes: 1e5 examples down to one, and none.
+TAIL_COUNTS = [100_000, 2_000, 30, 1, 0]
 
 # id -> constructor keyword arguments (num_classes/embedding_dim added).
 CASES: dict[str, tuple[type, dict]] = {
@@ -51,6 +53,13 @@ CASES: dict[str, tuple[type, dict]] = {
         "sigma": 4.0, "num_centers": 2,
         "focal": heads.FocalModulation(2.0, back_propagate=True),
         "class_weights": heads.ClassWeights.effective_number(COUNTS)}),
+    # Long-tail heads: priors and per-class margins from the counts.
+    "arcface_count_margins": (heads.ArcFace, {
+        "scale": 16.0, "margin": 0.5, "class_counts": TAIL_COUNTS,
+        "margin_counts_power": 0.25, "margin_floor_ratio": 0.1}),
+    "combined_margin_count_margins": (heads.CombinedMargin, {
+        "m1": 1.0, "m2": 0.3, "m3": 0.2, "scale": 16.0,
+        "class_counts": COUNTS, "margin_counts_power": 0.5}),
 }
 
 

@@ -312,3 +312,41 @@ def composed_linear_loss(x, y, W, b=None, class_weights=None, gamma=0.0,
     penalty = spread_weight * prototype_spread(W) if spread_weight else 0.0
     return composed_softmax_loss(linear_logits(x, W, b), y, class_weights,
                                  gamma, penalty)
+
+
+# --------------------------------------------------------------------------
+# per-class margins from the class counts: the dynamic margins of Ha et al.
+# (Google Landmark Recognition 2020) on the combined angular margin
+# --------------------------------------------------------------------------
+
+def count_margins(class_counts, margin: float, power: float,
+                  floor_ratio: float = 0.0) -> np.ndarray:
+    """Dynamic margins m_c = a n_c^{-lambda} + b (Ha et al. 2020),
+    with b = floor_ratio * margin and a such that the rarest class with
+    examples gets exactly `margin`; empty classes get `margin`."""
+    n = f64(class_counts)
+    present = n > 0
+    b = floor_ratio * margin
+    a = (margin - b) * n[present].min() ** power
+    m = np.full(n.shape, float(margin))
+    m[present] = a * n[present] ** (-power) + b
+    return m
+
+
+def per_class_margin_logits(x, y, W, m1, m2_c, m3_c, scale):
+    """Combined-margin training logits with the additive margins of each
+    example's class: s psi(theta_iy; m1, m2_{y_i}, m3_{y_i}) on the target,
+    s cos elsewhere."""
+    y = np.asarray(y)
+    cos = cosines(x, W)
+    logits = scale * cos
+    for i, c in enumerate(y):
+        theta = np.arccos(cos[i, c])
+        logits[i, c] = scale * combined_margin_psi(theta, m1, m2_c[c],
+                                                   m3_c[c])
+    return logits
+
+
+def per_class_margin_loss(x, y, W, m1, m2_c, m3_c, scale):
+    return cross_entropy(per_class_margin_logits(x, y, W, m1, m2_c, m3_c,
+                                                 scale), y)
