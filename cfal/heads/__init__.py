@@ -29,6 +29,7 @@ if TYPE_CHECKING:
   from cfal.heads.cosface import CosFace
   from cfal.heads.factory import build_head
   from cfal.heads.focal import Focal
+  from cfal.heads.ldam import LDAM
   from cfal.heads.parts import (ClassWeights, FocalModulation,
                                 PrototypeSpread, Regularizer,
                                 class_balanced_weights)

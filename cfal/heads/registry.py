@@ -60,6 +60,9 @@ MARGIN_FLOOR_RATIO = Option(
     "margin_floor_ratio", "float", "Per-class margins: the fraction r of "
     "the margin that every class keeps however many examples it has.",
     low=0.0, high=1.0)
+MAX_MARGIN = Option("max_margin", "float", "LDAM: the largest per-class "
+                    "cosine margin, the rarest class's; class j gets "
+                    "max_margin (n_min / n_j)^(1/4).", low=0.0, high=2.0)
 
 # The loss parts every head takes (see cfal.heads.parts).
 CLASS_WEIGHTING = Option(
@@ -153,6 +156,9 @@ HEADS: dict[str, Spec] = {spec.name: spec for spec in (
     _spec("cfal", "cfal:CFAL",
           "Center-focused affinity loss (Mahbub et al. 2024).",
           NUM_CENTERS, SIGMA, _MARGINS["cfal"], GAMMA, BETA, SPREAD_WEIGHT),
+    _spec("ldam", "ldam:LDAM",
+          "Cosine logits with margins C / n_j^(1/4) (Cao et al. 2019).",
+          SCALE, MAX_MARGIN),
 )}
 
 

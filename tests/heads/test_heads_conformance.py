@@ -286,7 +286,7 @@ def test_normalized_embeddings_says_what_the_backbone_must_give():
   normalized = {name for name, cls in heads.HEADS.items()
                 if cls.normalized_embeddings}
   assert normalized == {"arcface", "cosface", "sphereface",
-                        "combined_margin"}
+                        "combined_margin", "ldam"}
   for name, cls in heads.HEADS.items():
     assert cls.normalized_embeddings == issubclass(cls, heads.CombinedMargin)
     assert isinstance(cls.normalized_embeddings, bool), name

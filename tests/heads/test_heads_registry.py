@@ -124,11 +124,13 @@ def _same(a, b):
 @pytest.mark.parametrize("name", sorted(registry.HEADS))
 def test_build_head_defaults_equal_the_constructor(name):
   """No options: the head's own defaults (Focal and CFAL class-balanced
-  from the counts, as "auto" says)."""
+  from the counts, as "auto" says; the long-tail heads' priors and
+  margins from the counts)."""
   built = build_head(name, num_classes=C, embedding_dim=D,
                      class_counts=COUNTS, seed=1)
   cls = heads.HEADS[name]
-  kwargs = {"class_counts": COUNTS} if name in ("focal", "cfal") else {}
+  kwargs = {"class_counts": COUNTS} if name in (
+      "focal", "cfal", "ldam") else {}
   _same(built, cls(num_classes=C, embedding_dim=D, seed=1, **kwargs))
   assert built.config() == cls(num_classes=C, embedding_dim=D, seed=1,
                                **kwargs).config()

@@ -60,6 +60,8 @@ CASES: dict[str, tuple[type, dict]] = {
     "combined_margin_count_margins": (heads.CombinedMargin, {
         "m1": 1.0, "m2": 0.3, "m3": 0.2, "scale": 16.0,
         "class_counts": COUNTS, "margin_counts_power": 0.5}),
+    "ldam": (heads.LDAM, {"scale": 16.0, "max_margin": 0.5,
+                          "class_counts": TAIL_COUNTS}),
 }
 
 

@@ -350,3 +350,34 @@ def per_class_margin_logits(x, y, W, m1, m2_c, m3_c, scale):
 def per_class_margin_loss(x, y, W, m1, m2_c, m3_c, scale):
     return cross_entropy(per_class_margin_logits(x, y, W, m1, m2_c, m3_c,
                                                  scale), y)
+
+
+# --------------------------------------------------------------------------
+# LDAM (Cao et al. 2019)
+# --------------------------------------------------------------------------
+
+def ldam_margins(class_counts, max_margin: float) -> np.ndarray:
+    """Cao et al. 2019: Delta_j = K / n_j^{1/4}, K such that the largest
+    margin (the rarest class with examples) is max_margin.  A class with no
+    examples gets max_margin (cfal's convention; it is never a target)."""
+    n = f64(class_counts)
+    present = n > 0
+    K = max_margin * n[present].min() ** 0.25
+    delta = np.full(n.shape, float(max_margin))
+    delta[present] = K / n[present] ** 0.25
+    return delta
+
+
+def ldam_logits(x, y, W, class_counts, max_margin=0.5, scale=30.0):
+    """s cos_ij, the target s (cos_iy - Delta_y): normalised features and
+    weights as in the authors' code, margin before the scale."""
+    y = np.asarray(y)
+    z = cosines(x, W)
+    rows = np.arange(len(y))
+    z[rows, y] -= ldam_margins(class_counts, max_margin)[y]
+    return scale * z
+
+
+def ldam_loss(x, y, W, class_counts, max_margin=0.5, scale=30.0):
+    return cross_entropy(ldam_logits(x, y, W, class_counts, max_margin,
+                                     scale), y)
