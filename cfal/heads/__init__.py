@@ -22,6 +22,7 @@ from cfal.heads import registry   # declarations only: no TensorFlow
 if TYPE_CHECKING:
   from cfal.heads.affinity import Affinity
   from cfal.heads.arcface import ArcFace
+  from cfal.heads.balanced_softmax import BalancedSoftmax
   from cfal.heads.base import Head
   from cfal.heads.center_loss import CenterLoss
   from cfal.heads.cfal import CFAL
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
   from cfal.heads.factory import build_head
   from cfal.heads.focal import Focal
   from cfal.heads.ldam import LDAM
+  from cfal.heads.logit_adjusted import LogitAdjusted
   from cfal.heads.parts import (ClassWeights, FocalModulation,
                                 PrototypeSpread, Regularizer,
                                 class_balanced_weights)

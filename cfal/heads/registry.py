@@ -63,6 +63,9 @@ MARGIN_FLOOR_RATIO = Option(
 MAX_MARGIN = Option("max_margin", "float", "LDAM: the largest per-class "
                     "cosine margin, the rarest class's; class j gets "
                     "max_margin (n_min / n_j)^(1/4).", low=0.0, high=2.0)
+TAU = Option("tau", "float", "Logit adjustment: the training loss sees "
+             "f_j + tau log(pi_j), pi the training class priors (Menon et "
+             "al. 2021); tau = 1 is Balanced Softmax.", low=0.0)
 
 # The loss parts every head takes (see cfal.heads.parts).
 CLASS_WEIGHTING = Option(
@@ -159,6 +162,12 @@ HEADS: dict[str, Spec] = {spec.name: spec for spec in (
     _spec("ldam", "ldam:LDAM",
           "Cosine logits with margins C / n_j^(1/4) (Cao et al. 2019).",
           SCALE, MAX_MARGIN),
+    _spec("logit_adjusted", "logit_adjusted:LogitAdjusted",
+          "Linear classifier trained on logits + tau log(class prior) "
+          "(Menon et al. 2021).", TAU, USE_BIAS),
+    _spec("balanced_softmax", "balanced_softmax:BalancedSoftmax",
+          "Linear classifier trained on logits + log(class prior) (Ren et "
+          "al. 2020).", USE_BIAS),
 )}
 
 

@@ -130,7 +130,7 @@ def test_build_head_defaults_equal_the_constructor(name):
                      class_counts=COUNTS, seed=1)
   cls = heads.HEADS[name]
   kwargs = {"class_counts": COUNTS} if name in (
-      "focal", "cfal", "ldam") else {}
+      "focal", "cfal", "logit_adjusted", "balanced_softmax", "ldam") else {}
   _same(built, cls(num_classes=C, embedding_dim=D, seed=1, **kwargs))
   assert built.config() == cls(num_classes=C, embedding_dim=D, seed=1,
                                **kwargs).config()

@@ -62,6 +62,13 @@ CASES: dict[str, tuple[type, dict]] = {
         "class_counts": COUNTS, "margin_counts_power": 0.5}),
     "ldam": (heads.LDAM, {"scale": 16.0, "max_margin": 0.5,
                           "class_counts": TAIL_COUNTS}),
+    "logit_adjusted": (heads.LogitAdjusted, {"tau": 1.5,
+                                             "class_counts": COUNTS}),
+    "balanced_softmax": (heads.BalancedSoftmax, {"class_counts": TAIL_COUNTS,
+                                                 "use_bias": False}),
+    "logit_adjusted_focal_weighted": (heads.LogitAdjusted, {
+        "class_counts": TAIL_COUNTS, "focal": heads.FocalModulation(2.0),
+        "class_weights": [0.5, 1.0, 2.0, 4.0, 8.0]}),
 }
 
 

@@ -381,3 +381,38 @@ def ldam_logits(x, y, W, class_counts, max_margin=0.5, scale=30.0):
 def ldam_loss(x, y, W, class_counts, max_margin=0.5, scale=30.0):
     return cross_entropy(ldam_logits(x, y, W, class_counts, max_margin,
                                      scale), y)
+
+
+# --------------------------------------------------------------------------
+# logit adjustment (Menon et al. 2021) and Balanced Softmax (Ren et al. 2020)
+# --------------------------------------------------------------------------
+
+def class_priors(class_counts) -> np.ndarray:
+    """pi_j = n_j / sum n, a class with no examples counted as one (cfal's
+    documented convention: its log prior stays finite)."""
+    n = np.maximum(f64(class_counts), 1.0)
+    return n / n.sum()
+
+
+def logit_adjusted_logits(x, W, b, class_counts, tau: float) -> np.ndarray:
+    """Menon et al. 2021, the logit-adjusted loss's logits:
+    f_j(x) + tau * log pi_j."""
+    return linear_logits(x, W, b) + tau * np.log(class_priors(class_counts))
+
+
+def logit_adjusted_loss(x, y, W, b, class_counts, tau=1.0) -> np.ndarray:
+    """-log [e^{f_y + tau log pi_y} / sum_j e^{f_j + tau log pi_j}], [N]."""
+    return cross_entropy(logit_adjusted_logits(x, W, b, class_counts, tau), y)
+
+
+def balanced_softmax_loss(x, y, W, b, class_counts) -> np.ndarray:
+    """Ren et al. 2020: -log phi_y, phi_j = n_j e^{eta_j} / sum_k n_k e^{eta_k}
+    with eta the linear logits, written as in the paper (counts, not
+    priors; an empty class counted as one example)."""
+    y = np.asarray(y)
+    n = np.maximum(f64(class_counts), 1.0)
+    eta = linear_logits(x, W, b)
+    shift = eta.max(axis=1, keepdims=True)
+    weighted = n[None, :] * np.exp(eta - shift)            # n_j e^{eta_j}
+    rows = np.arange(len(y))
+    return -np.log(weighted[rows, y] / weighted.sum(axis=1))
