@@ -3,9 +3,7 @@ MirroredStrategy, through a checkpoint, and in reduced precision."""
 
 from __future__ import annotations
 
-import ast
 import inspect
-import pathlib
 
 import keras
 import numpy as np
@@ -320,16 +318,3 @@ def test_bad_arguments_name_the_argument(cls, kwargs, fragment):
 def test_num_classes_must_be_at_least_two():
   with pytest.raises(ValueError, match="`num_classes`"):
     heads.Softmax(num_classes=1, embedding_dim=4)
-
-
-def test_library_never_imports_flags():
-  root = pathlib.Path(__file__).resolve().parents[2] / "cfal"
-  for path in root.rglob("*.py"):
-    for node in ast.walk(ast.parse(path.read_text())):
-      names = []
-      if isinstance(node, ast.Import):
-        names = [a.name for a in node.names]
-      elif isinstance(node, ast.ImportFrom):
-        names = [node.module or ""] + [f"{node.module}.{a.name}"
-                                       for a in node.names]
-      assert not any(n.startswith("absl.flags") for n in names), path
