@@ -121,7 +121,9 @@ def straight_unfreezing(tmp_path_factory):
 
 
 @pytest.mark.parametrize("point", [
-    "step:3",   # steps 10-12, the last frozen call
+    # Each is a killed run and its resume (about a minute together with the
+    # uninterrupted run): kept for `make test-slow`.
+    pytest.param("step:3", marks=pytest.mark.slow),   # 10-12, the last frozen
     pytest.param("step:4", marks=pytest.mark.slow),   # 12-15, the first after
 ])
 def test_a_run_killed_either_side_of_the_unfreeze_resumes_bit_identical(
