@@ -25,13 +25,14 @@ from typing import Sequence
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from bench import common  # noqa: E402
 
-ORDER = ("loop", "time_to_accuracy", "heads", "input_pipeline",
+ORDER = ("loop", "time_to_accuracy", "heads", "input_pipeline", "tiles",
          "distribution", "eval_retrieval")
 TITLES = {
     "loop": "Training loop",
     "time_to_accuracy": "Time to accuracy",
     "heads": "Heads: step time and memory",
     "input_pipeline": "Input pipeline",
+    "tiles": "Tiles at 224 px: formats, scans, large backbones",
     "distribution": "Distribution",
     "eval_retrieval": "Evaluation: retrieval metrics",
 }
