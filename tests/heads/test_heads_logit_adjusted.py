@@ -17,6 +17,7 @@ import tensorflow as tf
 import cfal.heads as heads
 from cfal.heads import ClassWeights, FocalModulation, build_head
 from support import reference as ref
+from support.head_cases import set_linear
 from test_heads_count_margins import _same
 from test_heads_reference import (C, D, N, assert_finite, assert_update_noop,
                                   check_grad, check_loss, check_predict,
@@ -58,13 +59,6 @@ def test_reference_logit_adjustment_forms():
 # Logit adjustment and Balanced Softmax.
 
 
-def _linear_head(head, W, b, use_bias):
-  head.prototypes.assign(W.astype(np.float32))
-  variables = [head.prototypes]
-  if use_bias:
-    head.bias.assign(b.astype(np.float32))
-    variables.append(head.bias)
-  return variables
 
 
 def _check_linear_scores(head, x, y, W, b, counts, tau):
@@ -91,7 +85,7 @@ def test_logit_adjusted(case, tau, counts):
   bb = b if use_bias else None
   head = heads.LogitAdjusted(num_classes=C, embedding_dim=D, tau=tau,
                              class_counts=n, use_bias=use_bias, seed=0)
-  variables = _linear_head(head, W, b, use_bias)
+  variables = set_linear(head, W, b, use_bias)
   loss, grads = loss_and_grads(head, x, y, variables)
 
   def f(xx=x, WW=W, b_=bb):
@@ -112,7 +106,7 @@ def test_balanced_softmax_is_ren_et_al(counts):
   x, y, W, b = linear_case(91, "random")
   head = heads.BalancedSoftmax(num_classes=C, embedding_dim=D,
                                class_counts=n, seed=0)
-  variables = _linear_head(head, W, b, True)
+  variables = set_linear(head, W, b, True)
   loss, grads = loss_and_grads(head, x, y, variables)
 
   def f(xx=x, WW=W, bb=b):
@@ -126,7 +120,7 @@ def test_balanced_softmax_is_ren_et_al(counts):
   # Exactly LogitAdjusted with tau = 1.
   adjusted = heads.LogitAdjusted(num_classes=C, embedding_dim=D, tau=1.0,
                                  class_counts=n, seed=0)
-  _linear_head(adjusted, W, b, True)
+  set_linear(adjusted, W, b, True)
   xt, yt = tf.constant(x, tf.float32), tf.constant(y)
   np.testing.assert_array_equal(adjusted.loss(xt, yt), head.loss(xt, yt))
   assert head.tau == 1.0 and "tau" not in head.config()
@@ -148,7 +142,7 @@ def test_logit_adjusted_with_class_weights_and_focal(case, gamma):
                              class_counts=n, seed=0,
                              class_weights=ClassWeights(weights),
                              focal=FocalModulation(gamma))
-  variables = _linear_head(head, W, b, True)
+  variables = set_linear(head, W, b, True)
   loss, grads = loss_and_grads(head, x, y, variables)
   assert_finite(loss, *grads, what=f"gamma={gamma}")
 

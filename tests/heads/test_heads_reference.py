@@ -20,6 +20,7 @@ import pytest
 import tensorflow as tf
 
 from support import reference as ref
+from support.head_cases import set_linear
 
 C, D, N = 5, 6, 8
 GRAD_RTOL = 1e-3
@@ -316,13 +317,6 @@ def linear_case(seed, case, logit_scale=0.7):
     return r32(x), y, W, b
 
 
-def _setup_linear(head, W, b, use_bias):
-    head.prototypes.assign(W.astype(np.float32))
-    variables = [head.prototypes]
-    if use_bias:
-        head.bias.assign(b.astype(np.float32))
-        variables.append(head.bias)
-    return variables
 
 
 @pytest.mark.parametrize("case", LINEAR_CASES)
@@ -331,7 +325,7 @@ def test_softmax(H, case, use_bias):
     x, y, W, b = linear_case(10, case)
     head = H.Softmax(num_classes=C, embedding_dim=D, use_bias=use_bias,
                      seed=0)
-    variables = _setup_linear(head, W, b, use_bias)
+    variables = set_linear(head, W, b, use_bias)
     bb = b if use_bias else None
     loss, grads = loss_and_grads(head, x, y, variables)
     check_loss(loss, ref.softmax_loss(x, y, W, bb))
@@ -371,7 +365,7 @@ def test_focal(H, case, weighting, gamma):
         a = ref.class_balanced_weights(IMBALANCED, 0.9999)   # default beta
     head = H.Focal(num_classes=C, embedding_dim=D, gamma=gamma,
                    use_bias=use_bias, seed=0, **kw)
-    variables = _setup_linear(head, W, b, use_bias)
+    variables = set_linear(head, W, b, use_bias)
     bb = b if use_bias else None
 
     def f(xx=x, WW=W, b_=bb):
@@ -400,7 +394,7 @@ def test_focal_confident_examples_finite(H):
     for gamma in (0.0, 0.5, 2.0):
         head = H.Focal(num_classes=C, embedding_dim=D, gamma=gamma,
                        class_counts=IMBALANCED, seed=0)
-        variables = _setup_linear(head, W, b, True)
+        variables = set_linear(head, W, b, True)
         loss, grads = loss_and_grads(head, x, y, variables)
         a = ref.class_balanced_weights(IMBALANCED, 0.9999)
         check_loss(loss, ref.focal_loss(x, y, W, b, gamma, a),

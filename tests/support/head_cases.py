@@ -76,3 +76,15 @@ def make_head(case: str, seed: int = 0, **overrides) -> heads.Head:
   cls, kwargs = CASES[case]
   return cls(num_classes=NUM_CLASSES, embedding_dim=EMBEDDING_DIM, seed=seed,
              **{**kwargs, **overrides})
+
+
+def set_linear(head, W, b, use_bias):
+  """Puts float64 weights `W` (and bias `b`) into a linear-classifier
+  head as float32; returns the variables to differentiate."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  head.prototypes.assign(W.astype(np.float32))
+  variables = [head.prototypes]
+  if use_bias:
+    head.bias.assign(b.astype(np.float32))
+    variables.append(head.bias)
+  return variables
