@@ -28,6 +28,7 @@ _LAZY = {
     "SelfAttention": "cfal.backbones.cct",
     "SequencePooling": "cfal.backbones.cct",
     "StochasticDepth": "cfal.backbones.cct",
+    "build_notebook_cnn": "cfal.backbones.notebook_cnn",
     "build_prelu_cnn": "cfal.backbones.prelu_cnn",
     "build_resnet": "cfal.backbones.resnet",
     "build_seed_cnn": "cfal.backbones.seed_cnn",

@@ -25,7 +25,8 @@ def build_backbone(name: str, *, input_shape: tuple[int, int, int],
   the model is built, except the float32 embedding layer(s) at the end.
 
   Args:
-    name: one of `BACKBONES`: "seed_cnn", "prelu_cnn", "resnet", "cct",
+    name: one of `BACKBONES`: "seed_cnn", "notebook_cnn", "prelu_cnn",
+      "resnet", "cct",
       or a Keras Applications network ("resnet50", "densenet121",
       "efficientnetv2_b0", "efficientnetv2_s", "convnext_tiny",
       "mobilenetv3_large"; their weights load with

@@ -41,6 +41,10 @@ BACKBONES: dict[str, Spec] = {spec.name: spec for spec in (
         Option("pooling", "str", "How the last feature map becomes a vector.",
                choices=("flatten", "avg")),
     ), "the small CNN of the ArcFace-on-MNIST notebooks"),
+    Spec("notebook_cnn", "cfal.backbones.notebook_cnn:build_notebook_cnn", (
+        Option("normalize", "bool", "L2-normalise the embedding (set from "
+               "the head's needs unless given)."),
+    ), "the Kaggle ArcFace-on-MNIST-in-3-D notebook's CNN, no BatchNorm"),
     Spec("prelu_cnn", "cfal.backbones.prelu_cnn:build_prelu_cnn", (),
          "LeNets++ with PReLU, the center-loss paper's MNIST network"),
     Spec("resnet", "cfal.backbones.resnet:build_resnet", (

@@ -13,11 +13,12 @@ from cfal.backbones import BACKBONES, StochasticDepth, build_backbone
 
 # The small from-scratch networks; the Keras Applications ones have their
 # own tests (test_applications.py).
-NAMES = ["cct", "prelu_cnn", "resnet", "seed_cnn"]
+NAMES = ["cct", "notebook_cnn", "prelu_cnn", "resnet", "seed_cnn"]
 
 # Small versions of the backbones that still have every kind of layer.
 SMALL = {
     "seed_cnn": {},
+    "notebook_cnn": {},
     "prelu_cnn": {},
     "resnet": {"width": 8, "depth_per_stage": (1, 1, 1, 1)},
     "cct": {},
@@ -55,7 +56,8 @@ def _one_line_value_error(fn) -> str:
 
 
 def test_registry_names():
-  assert set(BACKBONES) == {"seed_cnn", "prelu_cnn", "resnet", "cct",
+  assert set(BACKBONES) == {"seed_cnn", "notebook_cnn", "prelu_cnn",
+                            "resnet", "cct",
                             "resnet50", "densenet121", "efficientnetv2_b0",
                             "efficientnetv2_s", "convnext_tiny",
                             "mobilenetv3_large"}
@@ -71,6 +73,7 @@ def test_unknown_name_lists_valid_names():
 
 @pytest.mark.parametrize("name,shape", [
     ("seed_cnn", (3, 3, 1)), ("prelu_cnn", (7, 7, 1)),
+    ("notebook_cnn", (3, 3, 1)),
     ("resnet", (27, 27, 1)), ("resnet", (28, 16, 3)),
     ("cct", (16, 16, 3)), ("cct", (28, 28)), ("seed_cnn", (28, 28, 0)),
 ])
@@ -143,12 +146,30 @@ def test_resnet_224_batch_of_one():
   assert tuple(out.shape) == (1, 4) and out.dtype == tf.float32
 
 
-def test_seed_cnn_embeddings_on_unit_sphere():
+@pytest.mark.parametrize("name", ["seed_cnn", "notebook_cnn"])
+def test_embeddings_on_unit_sphere(name):
   images = _images(6, (28, 28, 1))
-  out = _build("seed_cnn", dim=3)(images, training=False).numpy()
+  out = _build(name, dim=3)(images, training=False).numpy()
   np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
-  raw = _build("seed_cnn", dim=3, normalize=False)(images, training=False)
+  raw = _build(name, dim=3, normalize=False)(images, training=False)
   assert not np.allclose(np.linalg.norm(raw.numpy(), axis=1), 1.0, atol=1e-3)
+
+
+def test_notebook_cnn_layers():
+  # The notebook's network: four 3x3 convolutions of 10, 10, 20, 20
+  # filters, two pools, Dense 50, the embedding; nothing else has weights.
+  model = _build("notebook_cnn", dim=3)
+  weighted = [(type(layer).__name__, layer.kernel.shape[-1])
+              for layer in model.layers if getattr(layer, "kernel", None)
+              is not None]
+  assert weighted == [("Conv2D", 10), ("Conv2D", 10), ("Conv2D", 20),
+                      ("Conv2D", 20), ("Dense", 50), ("Dense", 3)]
+  assert not any("Normalization" in type(layer).__name__ and
+                 type(layer).__name__ != "UnitNormalization"
+                 for layer in model.layers)
+  assert model.count_params() == (
+      (9 * 1 * 10 + 10) + (9 * 10 * 10 + 10) + (9 * 10 * 20 + 20)
+      + (9 * 20 * 20 + 20) + (7 * 7 * 20 * 50 + 50) + (50 * 3 + 3))
 
 
 @pytest.mark.parametrize("name", NAMES)

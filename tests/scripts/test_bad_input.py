@@ -53,8 +53,8 @@ HEADS = ", ".join(sorted(registry.HEADS))
 
 @pytest.mark.parametrize("flags, message", [
     (["--backbone=nope"], "--backbone=nope: unknown backbone 'nope'; valid "
-     "names: seed_cnn, prelu_cnn, resnet, cct, resnet50, densenet121, "
-     "efficientnetv2_b0, efficientnetv2_s, convnext_tiny, mobilenetv3_large"),
+     "names: seed_cnn, notebook_cnn, prelu_cnn, resnet, cct, resnet50, "
+     "densenet121, efficientnetv2_b0, efficientnetv2_s, convnext_tiny, mobilenetv3_large"),
     (["--head=nope"], f"Unknown --head='nope'; choose one of {HEADS}."),
     (["--dataset=imagenet"], "Unknown dataset 'imagenet'; choose one of "
      "fashion_mnist, mnist, folder:<path>, csv:<path>."),
