@@ -1,0 +1,77 @@
+"""Runs a study's experiments; finished runs are kept and skipped.
+
+    .venv/bin/python studies/run.py --list
+    .venv/bin/python studies/run.py arcface_notebook center_loss
+    .venv/bin/python studies/run.py long_tail --only=cfal,softmax --seeds=0
+    .venv/bin/python studies/run.py long_tail --dry_run   # the commands only
+
+Each experiment is `studies/<name>/experiment.py` (its runs) with its
+flagfiles beside it. Runs go through train.py and eval.py in subprocesses;
+`studies/runner.py` says what is kept where. Stop it at any moment: the next
+start skips what finished and resumes the run that was cut short. Then
+`.venv/bin/python studies/results.py` writes RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from studies import experiments, runner  # noqa: E402
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("experiments", nargs="*", help="experiment names "
+                      "(default: every one, in order)")
+  parser.add_argument("--list", action="store_true",
+                      help="list the experiments and their runs")
+  parser.add_argument("--only", default=None, help="comma-separated run "
+                      "names of the experiment(s)")
+  parser.add_argument("--seeds", default=None, help="comma-separated seeds "
+                      "(default: the experiment's)")
+  parser.add_argument("--dry_run", action="store_true",
+                      help="print the commands, run nothing")
+  args = parser.parse_args(argv)
+  known = experiments.names()
+  unknown = [n for n in args.experiments if n not in known]
+  if unknown:
+    parser.error(f"unknown experiment(s) {', '.join(unknown)}; there are "
+                 f"{', '.join(known)}")
+  if args.list:
+    for name in known:
+      experiment = experiments.load(name)
+      print(f"{name}: {experiment.title}")
+      for run in experiment.runs:
+        grid = (f" (tuned: {runner.point_name(run.grid.values)})"
+                if run.grid else "")
+        print(f"  {run.name}{grid}")
+    return 0
+  seeds = (None if args.seeds is None else
+           [int(s) for s in args.seeds.split(",")])
+  only = None if args.only is None else args.only.split(",")
+  study = runner.Runner(dry_run=args.dry_run)
+  began = time.perf_counter()
+  for name in args.experiments or known:
+    experiment = experiments.load(name)
+    if only:
+      missing = [o for o in only if o not in
+                 {r.name for r in experiment.runs}]
+      if missing and len(args.experiments) == 1:
+        parser.error(f"experiment {name} has no run(s) "
+                     f"{', '.join(missing)}")
+    try:
+      study.run_experiment(experiment, seeds=seeds, only=only)
+    except RuntimeError as error:
+      print(f"error: {error}", file=sys.stderr)
+      return 1
+  print(f"Study finished in {time.perf_counter() - began:.0f} s; "
+        f"now: .venv/bin/python studies/results.py")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,92 @@
+"""The study runner trains and evaluates through train.py and eval.py, keeps
+what finished and skips it on rerun."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from studies import runner
+from support.training import ROOT
+
+# A few steps on real Fashion-MNIST: the runner's mechanics, not a result.
+TINY = {"dataset": "fashion_mnist", "validation_split": 0.01,
+        "train_steps": 4, "batch_size": 16, "steps_per_loop": 2,
+        "embedding_dim": 8, "head": "softmax", "projector_points": 50}
+
+
+def _runner(tmp_path, lines):
+  return runner.Runner(python=sys.executable, runs_dir=tmp_path / "runs",
+                       results_dir=tmp_path / "results", echo=lines.append)
+
+
+def test_a_run_is_trained_evaluated_kept_and_then_skipped(tmp_path):
+  lines = []
+  study = _runner(tmp_path, lines)
+  run = runner.Run("tiny", flags=TINY, keep=("embeddings.png",))
+  record = study.execute("exp", run, seed=3)
+  kept = tmp_path / "results" / "exp" / "tiny" / "seed-3"
+  report = json.loads((kept / "test.json").read_text())
+  assert report["split"] == "test" and report["num_samples"] == 10000
+  assert (kept / "embeddings.png").read_bytes().startswith(b"\x89PNG")
+  assert json.loads((kept / "result.json").read_text()) == record
+  assert record["train_command"][1:4] == ["train.py", "--dataset=fashion_mnist",
+                                          "--validation_split=0.01"]
+  assert "--seed=3" in record["train_command"]
+  assert record["train_seconds"] > 0 and not record["resumed"]
+  # The run directory holds the training and its logs.
+  logdir = tmp_path / "runs" / "exp" / "tiny" / "seed-3"
+  assert (logdir / "config.json").exists()
+  assert "Training" in (logdir / "study-train.log").read_text()
+
+  # Rerun: nothing trains (the kept record comes back as it was).
+  (logdir / "config.json").unlink()
+  lines.clear()
+  assert study.execute("exp", run, seed=3) == record
+  assert not (logdir / "config.json").exists() and not lines
+
+  # Another command for the same cell is reported, not silently reused.
+  changed = runner.Run("tiny", flags={**TINY, "batch_size": 8})
+  study.execute("exp", changed, seed=3)
+  assert len(lines) == 1 and "another command" in lines[0]
+
+
+def test_a_failing_run_names_itself_and_keeps_nothing(tmp_path):
+  study = _runner(tmp_path, [])
+  bad = runner.Run("bad", flags={**TINY, "backbone": "nope"})
+  with pytest.raises(RuntimeError, match=r"exp/bad/seed-0: train.py exited 2"):
+    study.execute("exp", bad, seed=0)
+  assert not (tmp_path / "results" / "exp" / "bad").exists()
+
+
+def test_every_experiment_loads_and_names_existing_flagfiles():
+  from studies import experiments  # pylint: disable=import-outside-toplevel
+  assert experiments.names()
+  for name in experiments.names():
+    experiment = experiments.load(name)
+    assert experiment.name == name and experiment.runs
+    assert len({r.name for r in experiment.runs}) == len(experiment.runs)
+    for run in experiment.runs:
+      for flagfile in run.flagfiles:
+        assert (ROOT / flagfile).is_file(), flagfile
+
+
+@pytest.mark.slow
+def test_tuning_picks_the_best_validation_point_and_trains_with_it(tmp_path):
+  lines = []
+  study = _runner(tmp_path, lines)
+  grid = runner.Grid({"learning_rate": (1e-9, 3e-3)}, metric="accuracy")
+  run = runner.Run("tuned", flags={**TINY, "train_steps": 30}, grid=grid)
+  experiment = runner.Experiment("exp", "tiny", (run,), seeds=(1,))
+  records = study.run_experiment(experiment)
+  # A learning rate of 1e-9 cannot learn in 30 steps; 3e-3 does.
+  assert [r["flags"]["learning_rate"] for r in records] == [3e-3]
+  assert any("tuned on validation accuracy: learning_rate=0.003" in line
+             for line in lines)
+  tune = tmp_path / "results" / "exp" / "tuned" / "tune"
+  for point in ("learning_rate=1e-09", "learning_rate=0.003"):
+    report = json.loads((tune / point / "seed-0" / "validation.json")
+                        .read_text())
+    assert report["split"] == "validation"
