@@ -55,6 +55,16 @@ flags.DEFINE_integer("image_size", None, "Resize folder images to this side "
                      "(default 112).")
 flags.DEFINE_enum("augment", "none", ["none", "flip", "flip_rotate"],
                   "Training augmentation, seeded by --seed and the step.")
+flags.DEFINE_string("sampler", "instance", "How training batches pick "
+                    "examples: instance (every example equally likely, a "
+                    "new permutation each epoch), class_balanced (each "
+                    "class equally likely, then one of its examples), "
+                    "square_root (class c with probability proportional to "
+                    "sqrt(n_c)) or progressive (from instance to "
+                    "class_balanced over the run: (1 - t/T) n_c/N + "
+                    "(t/T)/C at step t of T). Classes without training "
+                    "examples are never drawn; an epoch is N // batch_size "
+                    "steps for every sampler.")
 flags.DEFINE_float("max_bad_fraction", 0.01, "Folders: unreadable files are "
                    "skipped, but more than this fraction stops the run.")
 
@@ -173,8 +183,9 @@ flags.DEFINE_integer("skip_nonfinite_steps", 0, "Skip up to N steps whose "
                      "loss or gradients are not finite (never applying "
                      "them) instead of stopping at the first.")
 flags.DEFINE_bool("allow_config_change", False, "Resume a run although "
-                  "its head/backbone options or optimizer settings differ; "
-                  "the change is recorded in config.json.")
+                  "its head/backbone options, optimizer settings or "
+                  "--sampler differ; the change is recorded in "
+                  "config.json.")
 flags.DEFINE_bool("verbose", False, "Show tracebacks for errors.")
 
 
@@ -199,7 +210,8 @@ def config_from_flags(check_model: bool = True):
                       seed=FLAGS.seed,
                       max_bad_fraction=FLAGS.max_bad_fraction,
                       group_by=FLAGS.group_by,
-                      test_dataset=FLAGS.test_dataset, cache=FLAGS.cache),
+                      test_dataset=FLAGS.test_dataset, cache=FLAGS.cache,
+                      sampler=FLAGS.sampler),
       model=ModelConfig(backbone=FLAGS.backbone,
                         embedding_dim=FLAGS.embedding_dim, head=FLAGS.head,
                         head_args=head_args, backbone_args=backbone_args,

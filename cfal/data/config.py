@@ -10,6 +10,8 @@ import dataclasses
 import re
 
 DATASETS = ("fashion_mnist", "mnist", "folder:<path>", "csv:<path>")
+# How a training batch picks its examples (`cfal.data.sampling`).
+SAMPLERS = ("instance", "class_balanced", "square_root", "progressive")
 # --group_by values that mean "the CSV manifest's group column".
 GROUP_COLUMN = ("csv", "column")
 
@@ -48,6 +50,14 @@ class DataConfig:
     cache: keep the decoded training and validation images in memory
       after decoding them once (small sets; the training order is
       unchanged).
+    sampler: how training batches pick examples, one of `SAMPLERS`:
+      "instance" (every example equally likely: each epoch a fresh
+      permutation), "class_balanced" (each non-empty class equally
+      likely, then an example of it uniformly), "square_root" (class c
+      with probability proportional to sqrt(n_c)) or "progressive"
+      (from instance to class-balanced over the run: p_c(t) =
+      (1 - t/T) n_c/N + (t/T)/C). An epoch is steps_per_epoch(N, B)
+      steps for every sampler; see `cfal.data.sampling`.
   """
 
   name: str = "fashion_mnist"
@@ -61,6 +71,7 @@ class DataConfig:
   group_by: str | None = None
   test_dataset: str | None = None
   cache: bool = False
+  sampler: str = "instance"
 
 
 def check_dataset_name(name: str) -> None:
@@ -79,8 +90,12 @@ def check_dataset_name(name: str) -> None:
 
 def check_data_config(config: DataConfig) -> None:
   """Raises ValueError (one line) for settings that cannot work together:
-  the dataset names, `group_by` and `test_dataset`. Reads no data."""
+  the dataset names, `group_by`, `test_dataset` and `sampler`. Reads no
+  data."""
   check_dataset_name(config.name)
+  if config.sampler not in SAMPLERS:
+    raise ValueError(f"Unknown --sampler={config.sampler!r}; choose one of "
+                     f"{', '.join(SAMPLERS)}.")
   files = _file_dataset(config.name)
   if config.test_dataset is not None:
     if not _file_dataset(config.test_dataset):

@@ -4,7 +4,9 @@ Training batches never depend on iterator state: position `p` of epoch `e`
 reads example `index_shuffle(p, seed=(seed, e))`, a stateless permutation.
 A run resumed at step `s` therefore rebuilds exactly the batches an
 uninterrupted run would have seen (the checkpointed step *is* the data
-position), and augmentation is seeded by the same step and row.
+position), and augmentation is seeded by the same step and row. The
+class-aware samplers (`cfal.data.sampling`) replace the permutation by
+stateless draws keyed by (seed, step), with the same guarantees.
 
 Under a strategy every input pipeline builds the same global batch and
 keeps the rows of its own replicas, so any replica/worker layout trains on
@@ -24,6 +26,8 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from cfal.data import sampling
+from cfal.data.config import SAMPLERS
 from cfal.data.errors import DataError
 
 AUGMENTATIONS = ("none", "flip", "flip_rotate")
@@ -212,10 +216,14 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
 
 def train_dataset(source: ImageSource, indices: np.ndarray, *,
                   global_batch_size: int, seed: int, start_step: int = 0,
-                  augment: str = "none",
+                  augment: str = "none", sampler: str = "instance",
+                  total_steps: int | None = None,
                   input_context: tf.distribute.InputContext | None = None,
                   ) -> tf.data.Dataset:
   """The endless training stream from `start_step` on.
+
+  An epoch is `steps_per_epoch(len(indices), global_batch_size)` steps
+  whatever the sampler; only "instance" visits each example once in it.
 
   Args:
     source: where the images come from.
@@ -224,6 +232,12 @@ def train_dataset(source: ImageSource, indices: np.ndarray, *,
     seed: fixes the order and augmentation of every epoch.
     start_step: the first step to produce (resume position).
     augment: one of `AUGMENTATIONS`.
+    sampler: one of `cfal.data.config.SAMPLERS`: "instance" (a fresh
+      permutation every epoch), or a class-aware scheme of
+      `cfal.data.sampling` (independent draws: a class, then one of its
+      examples).
+    total_steps: the run's length, which "progressive" moves towards
+      class-balanced over (unused by the others).
     input_context: from `strategy.distribute_datasets_from_function`; the
       pipeline then yields one per-replica batch per local replica for each
       global batch.
@@ -238,12 +252,15 @@ def train_dataset(source: ImageSource, indices: np.ndarray, *,
   if augment == "flip_rotate" and height != width:
     raise ValueError(f"augment='flip_rotate' turns images by right angles, "
                      f"which needs square images, not {height}x{width}.")
+  if sampler not in SAMPLERS:
+    raise ValueError(f"`sampler` ({sampler!r}) must be one of "
+                     f"{', '.join(SAMPLERS)}.")
   n = len(indices)
   per_epoch = steps_per_epoch(n, global_batch_size) * global_batch_size
   index_table = tf.constant(np.asarray(indices, np.int64))
   label_table = tf.constant(source.labels.astype(np.int32))
 
-  def positions_to_indices(positions):
+  def shuffled_indices(positions):
     # An epoch is a whole number of global batches, so every position of
     # one batch (or of a replica's slice of it) lies in the same epoch and
     # one vectorised shuffle, keyed by that epoch, serves them all.
@@ -252,6 +269,13 @@ def train_dataset(source: ImageSource, indices: np.ndarray, *,
         positions % per_epoch,
         seed=tf.stack([tf.constant(seed, tf.int64), epoch]), max_index=n - 1)
     return tf.gather(index_table, shuffled)
+
+  positions_to_indices = shuffled_indices
+  if sampler != "instance":
+    positions_to_indices = sampling.class_sampler(
+        source.labels, indices, source.num_classes, sampler=sampler,
+        seed=seed, global_batch_size=global_batch_size,
+        total_steps=total_steps)
 
   start = int(start_step) * global_batch_size
   ds = tf.data.Dataset.range(start, np.iinfo(np.int64).max)

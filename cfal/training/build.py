@@ -303,7 +303,8 @@ def validation_dataset(built: Built, batch_size: int | None = None
 def train_iterator(built: Built, start_step: int):
   """The distributed training stream from `start_step`: every worker and
   replica takes its rows of the same global batch (a pure function of the
-  seed and the step)."""
+  seed and the step). The progressive sampler runs its schedule over
+  `built.total_steps`."""
   config, data = built.config, built.data
 
   def make(input_context):
@@ -311,5 +312,6 @@ def train_iterator(built: Built, start_step: int):
         data.source, data.train_indices,
         global_batch_size=config.run.batch_size, seed=config.run.seed,
         start_step=start_step, augment=config.data.augment,
+        sampler=config.data.sampler, total_steps=built.total_steps,
         input_context=input_context)
   return iter(built.strategy.distribute_datasets_from_function(make))

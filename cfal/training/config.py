@@ -90,8 +90,8 @@ class RunConfig:
     skip_nonfinite_steps: how many non-finite steps a run may skip (never
       applying them) before it stops; 0 stops at the first.
     allow_config_change: resume even though the head, backbone or
-      optimizer settings differ from the run's; the change is recorded in
-      config.json (`TrainConfig.changes`).
+      optimizer settings or the data sampler differ from the run's; the
+      change is recorded in config.json (`TrainConfig.changes`).
   """
 
   logdir: str = "runs/default"

@@ -108,6 +108,10 @@ def write_atomically(path: pathlib.Path, text: str) -> None:
 # Data fields that may change on resume: where the files are, and how many
 # unreadable ones to tolerate, change neither the split nor the order.
 _FREE_DATA_FIELDS = ("data_dir", "max_bad_fraction")
+# Data fields that change which training examples the steps draw, but not
+# the split: refused like the head and optimizer settings, unless
+# `allow_config_change` (then recorded).
+_TRAINING_DATA_FIELDS = ("sampler",)
 
 
 def check_run_dir(logdir: pathlib.Path, config: TrainConfig) -> TrainConfig:
@@ -115,8 +119,8 @@ def check_run_dir(logdir: pathlib.Path, config: TrainConfig) -> TrainConfig:
 
   A different model (head, backbone, embedding size), data split or order,
   seed, batch or precision is always refused. Different head or backbone
-  options or optimizer settings are refused too, naming each key and both
-  values, unless `config.run.allow_config_change`. A different run length
+  options, optimizer settings or training sampler are refused too, naming
+  each key and both values, unless `config.run.allow_config_change`. A different run length
   (which sets the learning-rate decay), validation cadence or patience is
   allowed: extending a run is common. Every such change is recorded in
   the returned config's `changes`, so config.json says what each part of
@@ -140,7 +144,7 @@ def check_run_dir(logdir: pathlib.Path, config: TrainConfig) -> TrainConfig:
                        f"use a new --logdir or the same {field}.")
   # The split, the long tail and the data order depend on these; changing
   # them on resume would mix validation examples into training.
-  free = {name: None for name in _FREE_DATA_FIELDS}
+  free = {name: None for name in _FREE_DATA_FIELDS + _TRAINING_DATA_FIELDS}
   old_data = dataclasses.replace(old.data, **free)
   new_data = dataclasses.replace(config.data, **free)
   for field in dataclasses.fields(old_data):
@@ -178,8 +182,9 @@ _TRAINING_RUN_FIELDS = ("epochs", "train_steps", "eval_every",
 def setting_changes(old: TrainConfig, new: TrainConfig
                     ) -> dict[str, tuple[object, object]]:
   """Settings that change what training does, by key ("head_args.margin",
-  "optimizer.learning_rate", "run.train_steps"): head and backbone
-  options, the optimizer, the run's length and its validation cadence."""
+  "optimizer.learning_rate", "data.sampler", "run.train_steps"): head and
+  backbone options, the optimizer, the sampler, the run's length and its
+  validation cadence."""
   changed: dict[str, tuple[object, object]] = {}
   for group in ("head_args", "backbone_args"):
     a, b = getattr(old.model, group), getattr(new.model, group)
@@ -191,6 +196,10 @@ def setting_changes(old: TrainConfig, new: TrainConfig
     b = getattr(new.optimizer, field.name)
     if a != b:
       changed[f"optimizer.{field.name}"] = (a, b)
+  for name in _TRAINING_DATA_FIELDS:
+    a, b = getattr(old.data, name), getattr(new.data, name)
+    if a != b:
+      changed[f"data.{name}"] = (a, b)
   # The run's length sets the learning-rate schedule's decay; the
   # validation cadence and patience set the best-model and early-stopping
   # books.

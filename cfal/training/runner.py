@@ -171,6 +171,7 @@ def hparams(config: TrainConfig, mode: str) -> dict:
             "embedding_dim": config.model.embedding_dim,
             "dataset": config.data.name,
             "imbalance_ratio": config.data.imbalance_ratio,
+            "sampler": config.data.sampler,
             "batch_size": config.run.batch_size,
             "learning_rate": config.optimizer.learning_rate,
             "head_learning_rate": (config.optimizer.head_learning_rate

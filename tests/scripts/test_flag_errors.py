@@ -68,6 +68,8 @@ def _run(script: str, *args: str, cwd=ROOT) -> tuple[int, list[str], float]:
      "is for folder: and csv: datasets, not fashion_mnist."),
     ("train.py", ["--dataset=folder:/tiles", "--group_by=slide(\\d+)"], None),
     ("train.py", ["--test_dataset=folder:/tiles"], None),
+    ("train.py", ["--sampler=bogus"], "train.py: Unknown --sampler='bogus'; "
+     "choose one of instance, class_balanced, square_root, progressive."),
     ("train.py", ["--batch_size=0"], "train.py: --batch_size (0) must be "
      ">= 1."),
     ("train.py", ["--gpus=2", "--cpu_replicas=2"], None),
@@ -90,7 +92,8 @@ def _run(script: str, *args: str, cwd=ROOT) -> tuple[int, list[str], float]:
      "(--logdir=/nonexistent/a --split=test)."),
 ], ids=["unknown_flag", "missing_flagfile", "bad_enum", "head_value",
         "head_option", "cfal_sigma", "dataset", "backbone_arg",
-        "group_by_digits", "group_by_unnamed", "test_dataset_digits", "batch_size",
+        "group_by_digits", "group_by_unnamed", "test_dataset_digits",
+        "sampler", "batch_size",
         "gpus_and_cpus", "positional", "eval_bad_enum", "eval_no_logdir",
         "eval_missing_run", "eval_figure_format", "eval_dpi",
         "eval_compare"])
@@ -134,6 +137,11 @@ def test_run_directory_errors_come_before_tensorflow(tmp_path):
   code, lines, _ = _run("train.py", f"--logdir={run}", "--learning_rate=0.5")
   assert code == 2 and len(lines) == 1
   assert "optimizer.learning_rate 0.001 -> 0.5" in lines[0]
+
+  code, lines, _ = _run("train.py", f"--logdir={run}",
+                        "--sampler=square_root")
+  assert code == 2 and len(lines) == 1
+  assert "data.sampler instance -> square_root" in lines[0]
 
   # A live run holds the directory.
   with open(run / ".lock", "a+", encoding="utf-8") as held:

@@ -8,6 +8,8 @@ import json
 import pytest
 
 from cfal.errors import UsageError
+from cfal.training.config import TrainConfig
+from cfal.training.run_dir import check_run_dir
 from cfal.training.runner import train
 from support.training import small_config
 
@@ -87,3 +89,48 @@ def test_a_new_head_option_counts_as_a_change(tmp_path):
   focal = _with(config, head_args={"gamma": 2.0})
   with pytest.raises(UsageError, match=r"head_args\.gamma unset -> 2\.0"):
     train(focal, echo=lambda _: None)
+
+
+def _saved_run(logdir, config) -> None:
+  """config.json and a checkpoint state naming ckpt-20, as a run leaves
+  them (no training needed to check what a resume may change)."""
+  (logdir / "checkpoints").mkdir(parents=True)
+  (logdir / "config.json").write_text(config.to_json())
+  (logdir / "checkpoints" / "checkpoint").write_text(
+      'model_checkpoint_path: "ckpt-20"\n')
+  (logdir / "checkpoints" / "ckpt-20.index").write_bytes(b"")
+
+
+def _sampler(config, sampler, **run):
+  return dataclasses.replace(
+      config, data=dataclasses.replace(config.data, sampler=sampler),
+      run=dataclasses.replace(config.run, **run))
+
+
+def test_a_changed_sampler_is_refused_then_recorded(tmp_path):
+  # The sampler changes which examples the steps draw, not the split:
+  # like an optimizer setting, refused unless --allow_config_change.
+  config = small_config(tmp_path)
+  _saved_run(tmp_path, config)
+  balanced = _sampler(config, "class_balanced")
+  with pytest.raises(UsageError) as error:
+    check_run_dir(tmp_path, balanced)
+  message = str(error.value)
+  assert "\n" not in message
+  assert "data.sampler instance -> class_balanced" in message
+  assert "--allow_config_change" in message
+  allowed = check_run_dir(tmp_path, _sampler(config, "class_balanced",
+                                             allow_config_change=True))
+  assert allowed.changes == ({"step": 20, "changed": {
+      "data.sampler": ["instance", "class_balanced"]}},)
+  assert check_run_dir(tmp_path, config).changes == ()
+
+
+def test_a_config_from_before_samplers_loads_as_instance(tmp_path):
+  config = small_config(tmp_path)
+  raw = json.loads(config.to_json())
+  del raw["data"]["sampler"]
+  _saved_run(tmp_path, config)
+  (tmp_path / "config.json").write_text(json.dumps(raw))
+  assert TrainConfig.load(tmp_path).data.sampler == "instance"
+  assert check_run_dir(tmp_path, config).changes == ()
