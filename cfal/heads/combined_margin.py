@@ -101,8 +101,12 @@ class CombinedMargin(base.Head):
     with self.name_scope:
       # insightface initialises with N(0, 0.01); only directions matter.
       self.prototypes = tf.Variable(
-          base.initial_value([self.num_classes, self.embedding_dim], 0.01,
-                             seed), name="prototypes")
+          base.initial_value(self._prototype_shape(), 0.01, seed),
+          name="prototypes")
+
+  def _prototype_shape(self) -> list[int]:
+    """The shape of `prototypes`: `[C, D]`, one row per class."""
+    return [self.num_classes, self.embedding_dim]
 
   def _set_class_margins(self, class_counts, power: float,
                          floor_ratio: float) -> None:

@@ -20,8 +20,8 @@ Two kinds of options:
 
 A name means one thing and has one type in every head. Only `margin`
 differs in range (and wording) from head to head: it is the head's margin,
-an angle for ArcFace, a cosine for CosFace, a multiplier for SphereFace and
-the hinge lambda for Affinity/CFAL.
+an angle for ArcFace and sub-center ArcFace, a cosine for CosFace, a
+multiplier for SphereFace and the hinge lambda for Affinity/CFAL.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ SIGMA = Option("sigma", "float", "Gaussian bandwidth of the affinity "
                "d = exp(-||x - w||^2 / sigma).", low=0.0, low_open=True)
 NUM_CENTERS = Option("num_centers", "int", "Prototypes (centers) per "
                      "class.", low=1)
+NUM_SUBCENTERS = Option("num_subcenters", "int", "Sub-center ArcFace: "
+                        "sub-centers K per class; a class's cosine is the "
+                        "largest of its K.", low=1)
 USE_BIAS = Option("use_bias", "bool", "Add a per-class bias to the linear "
                   "logits.")
 M1 = Option("m1", "float", "Multiplicative angular margin (SphereFace's "
@@ -134,6 +137,10 @@ HEADS: dict[str, Spec] = {spec.name: spec for spec in (
           "Additive angular margin (Deng et al. 2019).",
           SCALE, _MARGINS["arcface"], MARGIN_COUNTS_POWER,
           MARGIN_FLOOR_RATIO),
+    _spec("subcenter_arcface", "subcenter_arcface:SubCenterArcFace",
+          "ArcFace on the nearest of K sub-centers per class (Deng et al. "
+          "2020).", SCALE, _MARGINS["arcface"], NUM_SUBCENTERS,
+          MARGIN_COUNTS_POWER, MARGIN_FLOOR_RATIO),
     _spec("cosface", "cosface:CosFace",
           "Additive cosine margin (Wang et al. 2018).",
           SCALE, _MARGINS["cosface"], MARGIN_COUNTS_POWER,

@@ -18,6 +18,7 @@ from cfal.training.steps import FAULTS
 _HEAD_KNOBS = {
     "affinity": ("sigma",), "cfal": ("sigma", "margin"),
     "arcface": ("margin", "scale"), "cosface": ("margin", "scale"),
+    "subcenter_arcface": ("margin", "scale"),
     "sphereface": ("margin", "scale"),
     "combined_margin": ("m1", "m2", "m3", "scale"),
     "center_loss": ("center_weight", "alpha"), "focal": ("gamma",),

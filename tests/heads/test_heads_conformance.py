@@ -283,8 +283,8 @@ def test_declared_ranges_are_the_constructor_checks(name):
 def test_normalized_embeddings_says_what_the_backbone_must_give():
   normalized = {name for name, cls in heads.HEADS.items()
                 if cls.normalized_embeddings}
-  assert normalized == {"arcface", "cosface", "sphereface",
-                        "combined_margin", "ldam"}
+  assert normalized == {"arcface", "subcenter_arcface", "cosface",
+                        "sphereface", "combined_margin", "ldam"}
   for name, cls in heads.HEADS.items():
     assert cls.normalized_embeddings == issubclass(cls, heads.CombinedMargin)
     assert isinstance(cls.normalized_embeddings, bool), name
@@ -307,6 +307,8 @@ def test_normalized_embeddings_says_what_the_backbone_must_give():
     (heads.CenterLoss, {"center_update": "ema"}, "`center_update`"),
     (heads.CenterLoss, {"alpha": 1.5}, "`alpha`"),
     (heads.Affinity, {"num_centers": 0}, "`num_centers`"),
+    (heads.SubCenterArcFace, {"num_subcenters": 0}, "`num_subcenters`"),
+    (heads.SubCenterArcFace, {"margin": 3.2}, "`margin`"),
 ])
 def test_bad_arguments_name_the_argument(cls, kwargs, fragment):
   with pytest.raises(ValueError) as error:

@@ -60,6 +60,13 @@ def _run(script: str, *args: str, cwd=ROOT) -> tuple[int, list[str], float]:
      "takes no sigma; it takes use_bias, class_weighting, class_weights, "
      "beta, gamma, spread_weight."),
     ("train.py", ["--head=cfal", "--sigma=-1"], None),
+    ("train.py", ["--head=subcenter_arcface", "--num_subcenters=0"],
+     "train.py: --head=subcenter_arcface: `num_subcenters` (0) must be in "
+     "[1, inf]."),
+    ("train.py", ["--head=arcface", "--num_subcenters=3"], "train.py: "
+     "--head=arcface takes no num_subcenters; it takes scale, margin, "
+     "margin_counts_power, margin_floor_ratio, class_weighting, "
+     "class_weights, beta, gamma, spread_weight."),
     ("train.py", ["--dataset=imagenet"], "train.py: Unknown dataset "
      "'imagenet'; choose one of fashion_mnist, mnist, folder:<path>, "
      "csv:<path>."),
@@ -91,7 +98,8 @@ def _run(script: str, *args: str, cwd=ROOT) -> tuple[int, list[str], float]:
      "/nonexistent/a has no evaluation of the test split: evaluate it first "
      "(--logdir=/nonexistent/a --split=test)."),
 ], ids=["unknown_flag", "missing_flagfile", "bad_enum", "head_value",
-        "head_option", "cfal_sigma", "dataset", "backbone_arg",
+        "head_option", "cfal_sigma", "num_subcenters",
+        "num_subcenters_elsewhere", "dataset", "backbone_arg",
         "group_by_digits", "group_by_unnamed", "test_dataset_digits",
         "sampler", "batch_size",
         "gpus_and_cpus", "positional", "eval_bad_enum", "eval_no_logdir",

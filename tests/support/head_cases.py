@@ -22,6 +22,8 @@ CASES: dict[str, tuple[type, dict]] = {
     "focal_balanced": (heads.Focal, {"gamma": 1.0, "class_counts": COUNTS,
                                      "beta": 0.99}),
     "arcface": (heads.ArcFace, {"scale": 16.0, "margin": 0.5}),
+    "subcenter_arcface": (heads.SubCenterArcFace, {
+        "scale": 16.0, "margin": 0.5, "num_subcenters": 3}),
     "cosface": (heads.CosFace, {"scale": 16.0, "margin": 0.35}),
     "sphereface": (heads.SphereFace, {"scale": 16.0, "margin": 1.35}),
     "combined_margin": (heads.CombinedMargin,
@@ -57,6 +59,10 @@ CASES: dict[str, tuple[type, dict]] = {
     "arcface_count_margins": (heads.ArcFace, {
         "scale": 16.0, "margin": 0.5, "class_counts": TAIL_COUNTS,
         "margin_counts_power": 0.25, "margin_floor_ratio": 0.1}),
+    "subcenter_arcface_count_margins": (heads.SubCenterArcFace, {
+        "scale": 16.0, "margin": 0.5, "num_subcenters": 2,
+        "class_counts": TAIL_COUNTS, "margin_counts_power": 0.25,
+        "margin_floor_ratio": 0.1}),
     "combined_margin_count_margins": (heads.CombinedMargin, {
         "m1": 1.0, "m2": 0.3, "m3": 0.2, "scale": 16.0,
         "class_counts": COUNTS, "margin_counts_power": 0.5}),

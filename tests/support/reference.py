@@ -6,7 +6,8 @@ TensorFlow heads.  Everything here works on float64 arrays; every loss
 function returns the per-example loss, shape [N].
 
 Notation: ``x`` embeddings [N, D], ``y`` integer labels [N], ``W``
-prototypes [C, D] (or [C, m, D] for the multi-centre affinity heads).
+prototypes [C, D] (or [C, m, D] for the multi-centre affinity heads and
+[C, K, D] for sub-center ArcFace).
 """
 
 from __future__ import annotations
@@ -350,6 +351,57 @@ def per_class_margin_logits(x, y, W, m1, m2_c, m3_c, scale):
 def per_class_margin_loss(x, y, W, m1, m2_c, m3_c, scale):
     return cross_entropy(per_class_margin_logits(x, y, W, m1, m2_c, m3_c,
                                                  scale), y)
+
+
+# --------------------------------------------------------------------------
+# Sub-center ArcFace (Deng et al. 2020)
+# --------------------------------------------------------------------------
+
+def subcenter_all_cosines(x, W) -> np.ndarray:
+    """cos_ijk = <x_i/||x_i||, w_jk/||w_jk||>, [N, C, K] for W [C, K, D]."""
+    W = f64(W)
+    C, K, D = W.shape
+    return cosines(x, W.reshape(C * K, D)).reshape(-1, C, K)
+
+
+def subcenter_cosines(x, W) -> np.ndarray:
+    """The class cosines max_k cos_ijk, [N, C]."""
+    return subcenter_all_cosines(x, W).max(-1)
+
+
+def subcenter_arcface_logits(x, y, W, margins, scale):
+    """s cos(theta_iy + m_y) on the target (insightface's fallback
+    s (cos theta_iy - m_y sin m_y) where theta_iy + m_y > pi), s cos_ij
+    elsewhere, theta_iy = arccos(max_k cos_iyk); ``margins`` one angle for
+    every class or one per class [C]."""
+    y = np.asarray(y)
+    cos = subcenter_cosines(x, W)
+    m = np.broadcast_to(f64(margins), (cos.shape[1],))[y]
+    rows = np.arange(len(y))
+    logits = scale * cos
+    logits[rows, y] = scale * combined_margin_psi(np.arccos(cos[rows, y]),
+                                                  1.0, m, 0.0)
+    return logits
+
+
+def subcenter_arcface_loss(x, y, W, margins, scale):
+    return cross_entropy(subcenter_arcface_logits(x, y, W, margins, scale), y)
+
+
+def subcenter_kink_distance(x, y, W, margins) -> float:
+    """Smallest distance to a non-smooth point of the sub-center ArcFace
+    loss: |cos_iy| = 1, the fallback switch theta_iy + m_y = pi (radians),
+    and a tie between the two largest sub-center cosines of any class
+    (cosine units)."""
+    y = np.asarray(y)
+    every = subcenter_all_cosines(x, W)
+    cos = every.max(-1)[np.arange(len(y)), y]
+    m = np.broadcast_to(f64(margins), (every.shape[1],))[y]
+    d = np.minimum(1.0 - np.abs(cos), np.abs(np.arccos(cos) + m - np.pi))
+    if every.shape[-1] > 1:
+        top = np.sort(every, axis=-1)
+        d = np.minimum(d.min(), (top[..., -1] - top[..., -2]).min())
+    return float(np.min(d))
 
 
 # --------------------------------------------------------------------------
