@@ -204,7 +204,8 @@ def test_compiled_calls_end_where_reweighting_starts(tmp_path):
 def _drw_config(logdir):
   """30 deterministic steps on long-tailed data (ratio 10, so the weights
   differ); re-weighting from step 12, checkpoints every 6 steps. Calls:
-  0-5, 5-6, 6-11, 11-12, 12-15 (the first re-weighted), 15-18, ..."""
+  0-5, 5-6, 6-11, 11-12, 12-15 (the first re-weighted), 15-18, 18-23,
+  ..."""
   config = deterministic_config(logdir, checkpoint_every=6)
   config = dataclasses.replace(
       config, data=dataclasses.replace(config.data, imbalance_ratio=10.0),
@@ -223,16 +224,19 @@ def straight_drw(tmp_path_factory):
 
 
 @pytest.mark.parametrize("point, resumed_at", [
-    # A killed run and its resume each (with the uninterrupted run, about a
-    # minute and a half): kept for `make test-slow`.
-    pytest.param("step:4", 6, marks=pytest.mark.slow),    # in 11-12
+    # A killed run and its resume each (with the uninterrupted run, about
+    # two and a half minutes): kept for `make test-slow`. The driver kills
+    # half the previous call's time into the call, so each is a call at
+    # least as long as half the one before (the first re-weighted call
+    # also compiles its loop).
+    pytest.param("step:3", 6, marks=pytest.mark.slow),    # in 6-11
     pytest.param("step:5", 12, marks=pytest.mark.slow),   # in 12-15
-    pytest.param("step:6", 15, marks=pytest.mark.slow),   # in 15-18
+    pytest.param("step:7", 18, marks=pytest.mark.slow),   # in 18-23
 ])
 def test_a_run_killed_around_the_switch_resumes_bit_identical(
     point, resumed_at, straight_drw, tmp_path):
-  # Killed in the last call before the switch (resumed before it), in the
-  # first after it (resumed exactly at it) and in the next (after it).
+  # Resumed before the switch (and crossing it again), exactly at it, and
+  # after it.
   config = _drw_config(tmp_path / "run")
   lines = []
   result = kill_and_resume(config, point, echo=lines.append)
