@@ -148,6 +148,18 @@ flags.DEFINE_float("head_learning_rate", None, "The head's own peak learning "
 flags.DEFINE_integer("freeze_backbone_steps", 0, "Train only the backbone's "
                      "projection and the head for this many steps (the "
                      "body in inference mode), then everything.")
+flags.DEFINE_float("reweight_from_epoch", None, "Deferred re-weighting "
+                   "(DRW, Cao et al. 2019): from this epoch on, multiply "
+                   "each example's loss by its class's effective-number "
+                   "weight (1 - beta) / (1 - beta^n_c), weights summing to "
+                   "the number of classes; before it, the head's own loss. "
+                   "Any head without its own class weights "
+                   "(--class_weighting=none for focal and cfal).")
+flags.DEFINE_integer("reweight_from_step", None, "Deferred re-weighting from "
+                     "this step on (instead of --reweight_from_epoch).")
+flags.DEFINE_float("reweight_beta", None, "Effective-number beta of the "
+                   "deferred re-weighting, in [0, 1) (default 0.9999; 0: "
+                   "equal weights).")
 
 # The run.
 flags.DEFINE_string("logdir", None, "Run directory (default "
@@ -224,7 +236,13 @@ def config_from_flags(check_model: bool = True):
                                 warmup_steps=FLAGS.warmup_steps,
                                 head_learning_rate=FLAGS.head_learning_rate,
                                 freeze_backbone_steps=(
-                                    FLAGS.freeze_backbone_steps)),
+                                    FLAGS.freeze_backbone_steps),
+                                reweight_from_step=FLAGS.reweight_from_step,
+                                reweight_from_epoch=FLAGS.reweight_from_epoch,
+                                reweight_beta=(
+                                    OptimizerConfig.reweight_beta
+                                    if FLAGS.reweight_beta is None
+                                    else FLAGS.reweight_beta)),
       run=RunConfig(logdir=logdir, epochs=FLAGS.epochs,
                     train_steps=FLAGS.train_steps,
                     batch_size=FLAGS.batch_size,
@@ -328,11 +346,57 @@ def check_flags() -> None:
   if FLAGS.gpus and FLAGS.cpu_replicas:
     raise_usage(f"--gpus={FLAGS.gpus} and --cpu_replicas={FLAGS.cpu_replicas}"
                 f" contradict each other: pick one.")
+  check_reweighting(model_options()[0])
   if FLAGS.deterministic and FLAGS.step_mode == "xla":
     raise_usage("--deterministic cannot use --step_mode=xla: XLA has no "
                 "deterministic MaxPool gradient; use --step_mode=function "
                 "(or auto).")
   check_run_directory(config_from_flags())
+
+
+def check_reweighting(head_args: dict) -> None:
+  """The deferred re-weighting flags' usage errors that the flags alone
+  show; a start after the run's end that needs the data's size (steps per
+  epoch) is refused when the run is built."""
+  from cfal.heads.registry import class_weighting  # pylint: disable=import-outside-toplevel
+  step, epoch = FLAGS.reweight_from_step, FLAGS.reweight_from_epoch
+  if step is not None and epoch is not None:
+    raise_usage(f"--reweight_from_step={step} and --reweight_from_epoch="
+                f"{epoch:g} both say when deferred re-weighting starts: "
+                f"give one (a flagfile's can be overridden by the same "
+                f"flag).")
+  if step is not None and step < 0:
+    raise_usage(f"--reweight_from_step ({step}) must be >= 0.")
+  if epoch is not None and not epoch >= 0:
+    raise_usage(f"--reweight_from_epoch ({epoch:g}) must be >= 0.")
+  beta = FLAGS.reweight_beta
+  if beta is not None and not 0.0 <= beta < 1.0:
+    raise_usage(f"--reweight_beta ({beta:g}) must be in [0, 1).")
+  if step is None and epoch is None:
+    if beta is not None:
+      raise_usage(f"--reweight_beta={beta:g} sets the weights of deferred "
+                  f"re-weighting, which is off: add --reweight_from_epoch "
+                  f"or --reweight_from_step, or drop it.")
+    return
+  given = (f"--reweight_from_step={step}" if step is not None
+           else f"--reweight_from_epoch={epoch:g}")
+  if step is not None and FLAGS.train_steps is not None and (
+      step >= FLAGS.train_steps):
+    raise_usage(f"{given} is not before the end of the run "
+                f"(--train_steps={FLAGS.train_steps}): deferred re-weighting "
+                f"would never switch on; start it earlier or train longer.")
+  if epoch is not None and FLAGS.train_steps is None and (
+      epoch >= FLAGS.epochs):
+    raise_usage(f"{given} is not before the end of the run "
+                f"(--epochs={FLAGS.epochs:g}): deferred re-weighting would "
+                f"never switch on; start it earlier or train longer.")
+  weighting = class_weighting(FLAGS.head, head_args)
+  if weighting is not None:
+    fix = ("drop --class_weights" if weighting == "--class_weights"
+           else "set --class_weighting=none")
+    raise_usage(f"{given}: --head={FLAGS.head} already weights its classes "
+                f"({weighting}), and deferred re-weighting would weight "
+                f"them twice: {fix}.")
 
 
 def check_run_directory(config) -> None:

@@ -32,17 +32,27 @@ if TYPE_CHECKING:
   from cfal.heads.base import Head
 
 
-def class_balanced_weights(class_counts: Sequence[float],
-                           beta: float) -> np.ndarray:
+def class_balanced_weights(class_counts: Sequence[float], beta: float, *,
+                           allow_empty: bool = False) -> np.ndarray:
   """Class weights from the effective number of samples (Cui et al. 2019).
 
   `w_c = (1 - beta) / (1 - beta ** n_c)`, normalised so the weights sum to
-  the number of classes. `beta = 0` gives equal weights; as `beta -> 1` the
-  weights approach inverse class frequency.
+  the number of classes (as Cui et al. and Cao et al. 2019 normalise
+  them: the mean weight per class is 1). `beta = 0` gives equal weights;
+  as `beta -> 1` the weights approach inverse class frequency.
+
+  Empty classes (`allow_empty`): `w_c` of a count 0 is infinite, but such
+  a class is never a training target, so its weight multiplies nothing.
+  It gets weight 0, and the classes with examples are normalised among
+  themselves (their weights sum to their number), so an empty class
+  changes no other class's weight. Without empty classes this is the
+  formula above.
 
   Args:
-    class_counts: number of training examples of each class, all >= 1.
+    class_counts: number of training examples of each class, all >= 1
+      (>= 0, not all 0, with `allow_empty`).
     beta: in [0, 1).
+    allow_empty: accept classes without examples (see above).
 
   Returns:
     float64 array `[C]`.
@@ -51,18 +61,26 @@ def class_balanced_weights(class_counts: Sequence[float],
   if counts.size < 2:
     raise ValueError(f"`class_counts` needs one count per class (at least 2), "
                      f"got {counts.size}.")
-  if not np.all(np.isfinite(counts)) or np.any(counts < 1):
+  if allow_empty:
+    if (not np.all(np.isfinite(counts)) or np.any(counts < 0)
+        or not counts.any()):
+      raise ValueError("`class_counts` must be finite and >= 0 for every "
+                       "class, and not all 0.")
+  elif not np.all(np.isfinite(counts)) or np.any(counts < 1):
     raise ValueError(f"`class_counts` must be >= 1 for every class, got "
                      f"min {counts.min()}: drop empty classes or pass no "
                      f"counts.")
   beta = registry.BETA.check(beta)
+  present = counts > 0
+  weights = np.zeros_like(counts)
   # 1 - beta**n computed as -expm1(n*log(beta)) keeps precision when
   # beta is close to 1.
   if beta == 0.0:
-    weights = np.ones_like(counts)
+    weights[present] = 1.0
   else:
-    weights = (1.0 - beta) / -np.expm1(counts * np.log(beta))
-  return weights * (counts.size / weights.sum())
+    weights[present] = (1.0 - beta) / -np.expm1(counts[present]
+                                                * np.log(beta))
+  return weights * (present.sum() / weights.sum())
 
 
 class ClassWeights:
@@ -92,13 +110,15 @@ class ClassWeights:
 
   @classmethod
   def effective_number(cls, class_counts: Sequence[float],
-                       beta: float = 0.9999) -> ClassWeights:
+                       beta: float = 0.9999, *,
+                       allow_empty: bool = False) -> ClassWeights:
     """Class-balanced weights `(1 - beta) / (1 - beta^n_c)`, summing to C.
 
     Cui et al., "Class-Balanced Loss Based on Effective Number of Samples",
-    CVPR 2019 (see `class_balanced_weights`).
+    CVPR 2019 (see `class_balanced_weights`, also for `allow_empty`).
     """
-    return cls(class_balanced_weights(class_counts, beta),
+    return cls(class_balanced_weights(class_counts, beta,
+                                      allow_empty=allow_empty),
                name="class_counts")
 
   def __len__(self) -> int:

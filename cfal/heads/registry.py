@@ -178,6 +178,27 @@ HEADS: dict[str, Spec] = {spec.name: spec for spec in (
 )}
 
 
+# Heads whose `class_weighting=auto` means effective-number class weights
+# from the training counts: their constructors take `class_counts` for
+# their own weighting (`cfal.heads.factory`; a test checks the two agree).
+WEIGHTED_BY_DEFAULT: tuple[str, ...] = ("focal", "cfal")
+
+
+def class_weighting(name: str, options: Mapping[str, Any]) -> str | None:
+  """What makes head `name` with checked `options` weight its classes
+  (once the class counts are known), as a user would spell it, or None
+  if it does not: "--class_weights", "--class_weighting=effective_number"
+  or "--class_weighting=auto, its default"."""
+  if options.get("class_weights") is not None:
+    return "--class_weights"
+  weighting = options.get("class_weighting", "auto")
+  if weighting == "effective_number":
+    return "--class_weighting=effective_number"
+  if weighting == "auto" and name in WEIGHTED_BY_DEFAULT:
+    return "--class_weighting=auto, its default"
+  return None
+
+
 def head_spec(name: str) -> Spec:
   """The spec of head `name`.
 

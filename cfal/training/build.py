@@ -24,6 +24,7 @@ from cfal.errors import UsageError
 from cfal.training.config import TrainConfig
 from cfal.training.optimization import (OffsetSchedule, Optimization,
                                         make_groups, parameter_parts)
+from cfal.training.reweighting import DeferredReweighting, make_reweighting
 from cfal.training.strategy import make_strategy
 
 
@@ -56,6 +57,8 @@ class Built:
     per_epoch: steps per epoch of the training split.
     total_steps: the run's length in steps.
     eval_every: validation cadence in steps.
+    reweighting: the deferred re-weighting of the loss (training only;
+      None without it).
   """
 
   config: TrainConfig
@@ -69,6 +72,7 @@ class Built:
   per_epoch: int
   total_steps: int
   eval_every: int
+  reweighting: DeferredReweighting | None = None
 
   @property
   def trainable_variables(self) -> list[tf.Variable]:
@@ -117,8 +121,11 @@ def build(config: TrainConfig, *, training: bool = True,
     keras.utils.set_random_seed(run.seed)
     head = build_head(config, data.class_counts, data.num_classes)
     backbone = build_backbone(config, data.image_shape, head)
-    optimization = None
+    optimization = reweighting = None
     if training:
+      reweighting = make_reweighting(
+          config.optimizer, class_counts=data.class_counts, head=head,
+          per_epoch=per_epoch, total_steps=total_steps)
       optimization = build_optimization(config, total_steps, backbone, head)
       optimization.build()
     counters = Counters(
@@ -138,7 +145,8 @@ def build(config: TrainConfig, *, training: bool = True,
                backbone=backbone, head=head, optimization=optimization,
                counters=counters, checkpoint=checkpoint, per_epoch=per_epoch,
                total_steps=total_steps,
-               eval_every=run.eval_every or per_epoch)
+               eval_every=run.eval_every or per_epoch,
+               reweighting=reweighting)
 
 
 def _counter(name: str) -> tf.Variable:

@@ -62,6 +62,16 @@ class OptimizerConfig:
   # stays frozen while the projection and the head train.
   head_learning_rate: float | None = None
   freeze_backbone_steps: int = 0
+  # Deferred re-weighting (Cao et al. 2019, cfal.training.reweighting):
+  # from this step (or epoch, converted with the run's steps per epoch as
+  # `RunConfig.epochs` is; at most one of the two) every example's loss is
+  # multiplied by its class's effective-number weight with this beta. A
+  # switch on the run's clock like `freeze_backbone_steps`, so it lives
+  # here, and resuming with other values is refused like any optimizer
+  # change unless `allow_config_change`.
+  reweight_from_step: int | None = None
+  reweight_from_epoch: float | None = None
+  reweight_beta: float = 0.9999
 
 
 @dataclasses.dataclass(frozen=True)

@@ -106,9 +106,9 @@ class Controller:
             self.built.total_steps - current)
     for every in (self.built.eval_every, self.checkpoint_every):
       n = min(n, every - current % every)
-    # A call never crosses a change of what is trained (the body joining
-    # after --freeze_backbone_steps).
-    for boundary in self.built.optimization.boundaries():
+    # A call never crosses a change of the loop (the body joining after
+    # --freeze_backbone_steps, deferred re-weighting starting).
+    for boundary in self.steps.boundaries():
       if current < boundary:
         n = min(n, boundary - current)
     return n
@@ -157,6 +157,9 @@ class Controller:
     counters = built.counters
     n = self.chunk(current)
     budget = run.skip_nonfinite_steps - int(counters.skipped.numpy())
+    reweighting = built.reweighting
+    if reweighting is not None and current == reweighting.first_step:
+      self.echo(f"step {current}: {reweighting.describe()}")
     began = time.perf_counter()
     results = self.steps.loop_for(current)(self.iterator, tf.constant(n),
                                            tf.constant(max(budget, 0)))
@@ -180,6 +183,10 @@ class Controller:
     scalars = {"loss": loss, "accuracy": accuracy,
                **built.optimization.learning_rates(),
                "skipped_steps": float(counters.skipped.numpy())}
+    if reweighting is not None:
+      # 1 when this call's steps were re-weighted (calls end at the switch).
+      scalars["class_reweighting"] = float(
+          reweighting.active(current - consumed))
     # The first call of a process also traces and compiles: no rate, no ETA.
     first = not timer.timed
     if not first:

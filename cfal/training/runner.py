@@ -27,6 +27,7 @@ from cfal.training.config import TrainConfig, dtype_policy, op_determinism
 from cfal.training.controller import Actions, Controller, RunResult
 from cfal.training.run_dir import RunLock, check_run_dir, write_atomically
 from cfal.training.evaluator import evaluator_for
+from cfal.training.reweighting import DeferredReweighting
 from cfal.training.steps import steps_for
 from cfal.training.strategy import (is_chief, resolve_step_mode,
                                     slow_bfloat16_note)
@@ -119,7 +120,7 @@ def _run(config: TrainConfig, strategy: tf.distribute.Strategy, mode: str,
   writer = tf.summary.create_file_writer(str(outdir / "train"))
   validation_writer = tf.summary.create_file_writer(
       str(outdir / "validation"))
-  tensorboard.write_hparams(writer, hparams(config, mode))
+  tensorboard.write_hparams(writer, hparams(config, mode, built.reweighting))
   steps = steps_for(built, mode)
   evaluator = evaluator_for(built, keep=run.projector_points,
                             keep_images=run.projector_points, mode=mode)
@@ -141,6 +142,9 @@ def _run(config: TrainConfig, strategy: tf.distribute.Strategy, mode: str,
        f"{run.batch_size} ({built.per_epoch} per epoch), "
        f"{strategy.num_replicas_in_sync} replica(s), step mode "
        f"{steps.mode}.")
+  if built.reweighting is not None:
+    echo(f"Deferred re-weighting from step {built.reweighting.first_step} "
+         f"(effective number, beta={built.reweighting.beta:g}).")
   controller = Controller(
       built=built, steps=steps, iterator=iterator,
       validate=lambda: evaluator.evaluate(
@@ -165,8 +169,12 @@ def _run(config: TrainConfig, strategy: tf.distribute.Strategy, mode: str,
                    is_chief=chief)
 
 
-def hparams(config: TrainConfig, mode: str) -> dict:
-  """The run's hyper-parameters for TensorBoard's HParams tab."""
+def hparams(config: TrainConfig, mode: str,
+            reweighting: DeferredReweighting | None = None) -> dict:
+  """The run's hyper-parameters for TensorBoard's HParams tab.
+
+  `reweighting_from_step` is the step deferred re-weighting starts at
+  (-1: never), so runs given it in epochs and in steps compare."""
   values = {"head": config.model.head, "backbone": config.model.backbone,
             "embedding_dim": config.model.embedding_dim,
             "dataset": config.data.name,
@@ -177,6 +185,10 @@ def hparams(config: TrainConfig, mode: str) -> dict:
             "head_learning_rate": (config.optimizer.head_learning_rate
                                    or config.optimizer.learning_rate),
             "freeze_backbone_steps": config.optimizer.freeze_backbone_steps,
+            "reweighting_from_step": (-1 if reweighting is None
+                                      else reweighting.first_step),
+            "reweighting_beta": (0.0 if reweighting is None
+                                 else reweighting.beta),
             "optimizer": config.optimizer.name, "step_mode": mode,
             "mixed_precision": config.run.mixed_precision,
             "seed": config.run.seed}

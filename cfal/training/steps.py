@@ -10,7 +10,9 @@ applied (see `FAULTS`). `train_loop` runs `steps_per_loop` steps in one
 compiled call with a `tf.while_loop` over the distributed iterator; the
 step count is a tensor, so changing it does not retrace. While the
 backbone's body is frozen (`loop_for(step)`), another compiled loop runs
-it in inference mode and differentiates only the projection and head. Nothing here
+it in inference mode and differentiates only the projection and head; from
+the step deferred re-weighting starts (`cfal.training.reweighting`),
+another multiplies each example's loss by its class weight. Nothing here
 needs AutoGraph (the loop is written as a while_loop), and compiling
 without it saves ~10 s of source transformation per trace.
 """
@@ -24,10 +26,12 @@ import keras
 import tensorflow as tf
 
 from cfal.heads import Head
+from cfal.heads.base import one_hot
 from cfal.training.optimization import Group, Optimization
 
 if TYPE_CHECKING:
   from cfal.training.build import Built
+  from cfal.training.reweighting import DeferredReweighting
 
 STEP_MODES = ("eager", "function", "xla")
 
@@ -44,13 +48,16 @@ class Steps:
       `LossScaleOptimizer` for float16).
     global_batch_size: examples per step over all replicas.
     mode: "eager", "function" or "xla".
+    reweighting: optional deferred re-weighting: steps from its
+      `first_step` on multiply each example's loss by its class weight.
   """
 
   def __init__(self, *, strategy: tf.distribute.Strategy,
                backbone: keras.Model, head: Head,
                optimization: Optimization,
                global_batch_size: int,
-               mode: str):
+               mode: str,
+               reweighting: DeferredReweighting | None = None):
     if mode not in STEP_MODES:
       raise ValueError(f"`mode` ({mode!r}) must be one of "
                        f"{', '.join(STEP_MODES)}.")
@@ -60,26 +67,39 @@ class Steps:
     self.optimization = optimization
     self.global_batch_size = global_batch_size
     self.mode = mode
+    self.reweighting = reweighting
     # What the forward pass itself moves (BatchNorm statistics, dropout
     # seeds): put back when a step turns out not finite.
     self.forward_state = list(backbone.non_trainable_variables)
     self._scales_loss = optimization.scales_loss
-    self._loops: dict[tuple[str, ...], object] = {}
-    self.train_loop = self._loop(tuple(optimization.groups))
+    self._loops: dict[tuple[tuple[str, ...], bool], object] = {}
+    # Every group, no re-weighting (what the benchmarks call).
+    self.train_loop = self._loop(tuple(optimization.groups), False)
 
   def loop_for(self, step: int):
-    """The compiled loop for the groups trained at `step` (a call must
-    not cross `optimization.boundaries()`)."""
-    return self._loop(tuple(self.optimization.active(step)))
+    """The compiled loop for `step`: the groups trained then, and whether
+    its loss is re-weighted (a call must not cross `boundaries()`)."""
+    reweighted = (self.reweighting is not None
+                  and self.reweighting.active(step))
+    return self._loop(tuple(self.optimization.active(step)), reweighted)
 
-  def _loop(self, groups: tuple[Group, ...]):
-    key = tuple(g.name for g in groups)
+  def boundaries(self) -> list[int]:
+    """The steps at which the loop changes (a group joins, re-weighting
+    starts): compiled calls end there."""
+    steps = set(self.optimization.boundaries())
+    if self.reweighting is not None and self.reweighting.first_step > 0:
+      steps.add(self.reweighting.first_step)
+    return sorted(steps)
+
+  def _loop(self, groups: tuple[Group, ...], reweighted: bool):
+    key = (tuple(g.name for g in groups), reweighted)
     if key not in self._loops:
       # The body is frozen when its group is not among these: run the
       # backbone in inference mode, so its BatchNorm statistics stay put.
       training = len(groups) == len(self.optimization.groups)
+      weights = self.reweighting.weights if reweighted else None
       compute = lambda images, labels: self._compute_fn(  # noqa: E731
-          images, labels, groups, training)
+          images, labels, groups, training, weights)
       if self.mode == "xla":
         compute = tf.function(compute, jit_compile=True, autograph=False)
       loop = lambda iterator, num_steps, skip_budget=0: (  # noqa: E731
@@ -89,11 +109,14 @@ class Steps:
                           tf.function(loop, autograph=False))
     return self._loops[key]
 
-  def _compute_fn(self, images, labels, groups, training):
+  def _compute_fn(self, images, labels, groups, training, weights=None):
     variables = [v for g in groups for v in g.variables]
     with tf.GradientTape() as tape:
       embeddings = self.backbone(images, training=training)
       per_example = self.head.loss(embeddings, labels)
+      if weights is not None:   # deferred re-weighting: w_{y_i} * loss_i
+        per_example = weights(one_hot(labels, self.head.num_classes)) * (
+            per_example)
       loss = tf.nn.compute_average_loss(
           per_example, global_batch_size=self.global_batch_size)
       scaled = (self.optimization.scale_loss(loss) if self._scales_loss
@@ -221,4 +244,5 @@ def steps_for(built: "Built", mode: str) -> Steps:
   in step mode `mode`."""
   return Steps(strategy=built.strategy, backbone=built.backbone,
                head=built.head, optimization=built.optimization,
-               global_batch_size=built.config.run.batch_size, mode=mode)
+               global_batch_size=built.config.run.batch_size, mode=mode,
+               reweighting=built.reweighting)

@@ -223,3 +223,18 @@ def test_build_head_refuses_bad_combinations(name, options, counts, message):
     build_head(name, num_classes=C, embedding_dim=D, class_counts=counts,
                **options)
   assert str(error.value) == message
+
+
+@pytest.mark.parametrize("name", sorted(registry.HEADS))
+@pytest.mark.parametrize("options", [
+    {}, {"class_weighting": "auto"}, {"class_weighting": "none"},
+    {"class_weighting": "effective_number"}, {"class_weights": [1.0] * C},
+], ids=["unset", "auto", "none", "effective_number", "explicit"])
+def test_registry_knows_which_options_weight_classes(name, options):
+  # What train.py tells before TensorFlow (deferred re-weighting refuses a
+  # head that weights its classes) is what the built head does.
+  said = registry.class_weighting(name, registry.check_head_options(
+      name, options))
+  built = build_head(name, num_classes=C, embedding_dim=D,
+                     class_counts=COUNTS, seed=0, **options)
+  assert (said is not None) == (built.class_weights is not None), said

@@ -82,6 +82,20 @@ def _run(script: str, *args: str, cwd=ROOT) -> tuple[int, list[str], float]:
     ("train.py", ["--gpus=2", "--cpu_replicas=2"], None),
     ("train.py", ["stray"], "train.py: unexpected arguments stray; flags are "
      "--name=value."),
+    ("train.py", ["--head=ldam", "--reweight_from_epoch=1",
+                  "--reweight_from_step=100"], "train.py: "
+     "--reweight_from_step=100 and --reweight_from_epoch=1 both say when "
+     "deferred re-weighting starts: give one (a flagfile's can be "
+     "overridden by the same flag)."),
+    ("train.py", ["--head=focal", "--reweight_from_epoch=1"], "train.py: "
+     "--reweight_from_epoch=1: --head=focal already weights its classes "
+     "(--class_weighting=auto, its default), and deferred re-weighting "
+     "would weight them twice: set --class_weighting=none."),
+    ("train.py", ["--head=ldam", "--train_steps=50",
+                  "--reweight_from_step=50"], "train.py: "
+     "--reweight_from_step=50 is not before the end of the run "
+     "(--train_steps=50): deferred re-weighting would never switch on; "
+     "start it earlier or train longer."),
     ("eval.py", ["--split=tset"], "eval.py: flag --split=tset: value should "
      "be one of <test|validation> (see --help)"),
     ("eval.py", [], "eval.py: Pass --logdir=RUN (the run directory "
@@ -101,8 +115,9 @@ def _run(script: str, *args: str, cwd=ROOT) -> tuple[int, list[str], float]:
         "head_option", "cfal_sigma", "num_subcenters",
         "num_subcenters_elsewhere", "dataset", "backbone_arg",
         "group_by_digits", "group_by_unnamed", "test_dataset_digits",
-        "sampler", "batch_size",
-        "gpus_and_cpus", "positional", "eval_bad_enum", "eval_no_logdir",
+        "sampler", "batch_size", "gpus_and_cpus", "positional",
+        "drw_step_and_epoch", "drw_on_class_weights", "drw_after_the_end",
+        "eval_bad_enum", "eval_no_logdir",
         "eval_missing_run", "eval_figure_format", "eval_dpi",
         "eval_compare"])
 def test_usage_errors_are_one_line_exit_2_before_tensorflow(script, args,

@@ -119,16 +119,21 @@ def assert_same_run(logdir, result, straight) -> None:
   np.testing.assert_array_equal(export_embeddings(logdir), straight["export"])
 
 
-def kill_and_resume(config, point: str):
+def kill_and_resume(config, point: str, echo=None):
   """Kills a run of `config` at `point` (fault_driver.py), checks it died
   by SIGKILL, reruns it to the end here and checks it resumed; returns
-  the rerun's result."""
+  the rerun's result. `echo` also gets the rerun's progress lines."""
   import signal  # pylint: disable=import-outside-toplevel
   from cfal.training.runner import train  # pylint: disable=import-outside-toplevel
   killed = run_driver(config, point)
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
   lines = []
-  result = train(config, echo=lines.append)
+
+  def record(line):
+    lines.append(line)
+    if echo is not None:
+      echo(line)
+  result = train(config, echo=record)
   assert result.step == config.run.train_steps
   assert any(line.startswith("Resuming") for line in lines), lines[:3]
   return result
