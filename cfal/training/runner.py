@@ -19,10 +19,12 @@ import tensorflow as tf
 from cfal.backbones.pretrained import load_pretrained
 from cfal.data import datasets
 from cfal.errors import UsageError
+from cfal.metrics.long_tail import long_tail_report
 from cfal.report import tensorboard
 from cfal.training import build as build_lib
 from cfal.training.actions import (BestModel, ExportModel, Preemption,
                                    SaveCheckpoint, check_workers_agree)
+from cfal.training.class_counts_record import write_class_counts
 from cfal.training.config import TrainConfig, dtype_policy, op_determinism
 from cfal.training.controller import Actions, Controller, RunResult
 from cfal.training.run_dir import RunLock, check_run_dir, write_atomically
@@ -97,6 +99,10 @@ def _run(config: TrainConfig, strategy: tf.distribute.Strategy, mode: str,
   built = build_lib.build(config, strategy=strategy, data=data)
   for note in built.data.notes:
     echo(f"note: {note}")
+  if chief:
+    # The training priors, for eval.py's long-tail groups and post-hoc
+    # logit adjustment.
+    write_class_counts(outdir, built.data)
   if chief and config.data.name.startswith(("folder:", "csv:")):
     # Files a reviewer can check: which file went to which split (and
     # group), so no slide is on both sides.
@@ -126,12 +132,16 @@ def _run(config: TrainConfig, strategy: tf.distribute.Strategy, mode: str,
   title = (f"{config.model.head} head, {config.model.backbone} on "
            f"{data.name} - validation")
 
+  counts = data.class_counts
+
   def on_validation(result, step):
     tensorboard.write_evaluation(
         validation_writer, result, step=step, title=f"{title}, step {step}",
         prototypes=built.head.prototypes.numpy(),
         metric=built.head.embedding_metric, projector_dir=str(outdir),
-        projector_name="validation")
+        projector_name="validation",
+        long_tail=long_tail_report(counts, result.confusion,
+                                   data.class_names))
 
   iterator = build_lib.train_iterator(built, start)
   echo(f"Training {config.model.backbone} + {config.model.head} on "
