@@ -35,7 +35,8 @@ class EvalConfig:
     gpus, cpu_replicas: devices, as for training.
     output_dir: where results go (default `<logdir>/eval/<split>/<name>`,
       the name saying which weights: `ckpt-842`, `best-ckpt-700`,
-      `saved_model-export`).
+      `saved_model-export`, and which post-hoc correction:
+      `ckpt-842+tau_norm_1`).
     figure_formats: file formats of the pictures (png, pdf, svg).
     dpi: resolution of the raster pictures.
     logit_adjustment: predict with `f_j(x) - tau log pi_j` (Menon et al.
@@ -129,7 +130,8 @@ def output_name(logdir: pathlib.Path, config: EvalConfig,
   never overwrite each other: `ckpt-842`, `best-ckpt-700` (from
   checkpoints/best/), `saved_model-export`; weights from outside the run
   keep the last three parts of their path (`external-runB-checkpoints-
-  ckpt-20`)."""
+  ckpt-20`). Post-hoc corrections add `posthoc_suffix`
+  (`ckpt-842+logit_adjusted_tau1`), so the plain evaluation stays."""
   if config.saved_model:
     name = "saved_model-" + _path_name(pathlib.Path(config.saved_model),
                                        logdir)
