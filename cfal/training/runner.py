@@ -99,10 +99,6 @@ def _run(config: TrainConfig, strategy: tf.distribute.Strategy, mode: str,
   built = build_lib.build(config, strategy=strategy, data=data)
   for note in built.data.notes:
     echo(f"note: {note}")
-  if chief:
-    # The training priors, for eval.py's long-tail groups and post-hoc
-    # logit adjustment.
-    write_class_counts(outdir, built.data)
   if chief and config.data.name.startswith(("folder:", "csv:")):
     # Files a reviewer can check: which file went to which split (and
     # group), so no slide is on both sides.
@@ -120,6 +116,10 @@ def _run(config: TrainConfig, strategy: tf.distribute.Strategy, mode: str,
   if resumed:
     echo(f"Resuming {logdir} at step {start}.")
   write_atomically(outdir / "config.json", config.to_json())
+  if chief:
+    # The training priors, for eval.py's long-tail groups and post-hoc
+    # logit adjustment.
+    write_class_counts(outdir, built.data)
 
   run, data = config.run, built.data
   writer = tf.summary.create_file_writer(str(outdir / "train"))
