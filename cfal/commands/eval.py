@@ -3,6 +3,8 @@
     cfal-eval --logdir=runs/fashion_mnist-cfal                 # test split, latest checkpoint
     cfal-eval --logdir=runs/fashion_mnist-cfal --checkpoint=best --split=validation
     cfal-eval --logdir=runs/fashion_mnist-cfal --saved_model=runs/fashion_mnist-cfal/export
+    cfal-eval --logdir=runs/fashion_mnist_lt-softmax --logit_adjustment=1
+    cfal-eval --logdir=runs/fashion_mnist_lt-softmax --tau_normalization=1
     cfal-eval --compare=runs/fashion_mnist-cfal,runs/fashion_mnist-softmax
 
 In a clone of the repository `python eval.py ...` is the same program.
@@ -12,6 +14,18 @@ evaluation overwrites another: report.json, report.md, predictions.npz,
 confusion_matrix and embeddings pictures (--figure_format=png,pdf,svg,
 --dpi), projector files and TensorBoard
 summaries. --compare prints one markdown table of runs already evaluated.
+
+The report groups the classes into many-shot (> 100 training images),
+medium-shot (20-100) and few-shot (< 20), Liu et al. 2019, or into thirds
+by training count when those leave a group empty; the counts are the ones
+the run recorded in <logdir>/class_counts.json. Two post-hoc corrections
+for long-tailed data change the scores and predictions (not the
+embeddings) and go to a folder of their own (ckpt-842+logit_adjusted_tau1,
+ckpt-842+tau_norm_1): --logit_adjustment=TAU predicts argmax f(x) - TAU
+log(prior) (Menon et al. 2021; heads whose scores are logits), and
+--tau_normalization=TAU the classifier w_j / ||w_j||^TAU without bias
+(Kang et al. 2020; linear-classifier heads: softmax, focal,
+logit_adjusted, balanced_softmax, center_loss).
 """
 
 from __future__ import annotations
@@ -38,6 +52,13 @@ flags.DEFINE_string("figure_format", "png", "Picture formats, comma-separated: "
                     "points), e.g. png,pdf.")
 flags.DEFINE_integer("dpi", 100, "Resolution of the PNG pictures (and of the "
                      "points in PDF/SVG, at least 200 there).")
+flags.DEFINE_float("logit_adjustment", None, "Post-hoc logit adjustment "
+                   "(Menon et al. 2021): predict argmax_j f_j(x) - TAU "
+                   "log(pi_j), pi the training class priors; TAU >= 0. "
+                   "Heads whose scores are logits.")
+flags.DEFINE_float("tau_normalization", None, "tau-normalised classifier "
+                   "(Kang et al. 2020): weight rows w_j / ||w_j||^TAU, "
+                   "bias dropped; TAU >= 0. Linear-classifier heads.")
 flags.DEFINE_bool("verbose", False, "Show tracebacks for errors.")
 
 
@@ -51,7 +72,9 @@ def eval_config():
       saved_model=FLAGS.saved_model, batch_size=FLAGS.batch_size,
       gpus=FLAGS.gpus, cpu_replicas=FLAGS.cpu_replicas,
       output_dir=FLAGS.output_dir,
-      figure_formats=figure_formats(FLAGS.figure_format), dpi=FLAGS.dpi)
+      figure_formats=figure_formats(FLAGS.figure_format), dpi=FLAGS.dpi,
+      logit_adjustment=FLAGS.logit_adjustment,
+      tau_normalization=FLAGS.tau_normalization)
 
 
 def compared_reports() -> list:

@@ -199,6 +199,23 @@ def class_weighting(name: str, options: Mapping[str, Any]) -> str | None:
   return None
 
 
+# What each head's scores are, for the post-hoc corrections eval.py offers
+# (`cfal.heads.posthoc`). Scores that are logits (a softmax of them is the
+# head's class posterior) may be shifted by the log class priors (Menon et
+# al. 2021): the linear heads and the normalised-logit heads (s cos theta).
+# Affinity and CFAL score by Gaussian similarities in (0, 1], not logits.
+LOGIT_SCORES: frozenset[str] = frozenset({
+    "softmax", "focal", "logit_adjusted", "balanced_softmax", "center_loss",
+    "arcface", "cosface", "sphereface", "combined_margin", "ldam",
+    "subcenter_arcface"})
+# Heads that score with a linear classifier `x . w_j + b_j` whose weight
+# rows may be re-normalised (Kang et al. 2020's tau-normalisation). The
+# cosine heads' weights are unit vectors already.
+LINEAR_CLASSIFIERS: frozenset[str] = frozenset({
+    "softmax", "focal", "logit_adjusted", "balanced_softmax",
+    "center_loss"})
+
+
 def head_spec(name: str) -> Spec:
   """The spec of head `name`.
 

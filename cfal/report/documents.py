@@ -20,8 +20,9 @@ from cfal.viz.formats import figure_formats
 
 def evaluation_report(result: Any, *, run: Any, logdir: str, split: str,
                       origin: str, metric: str, step: int | None,
-                      progress: Callable[[int, int], None] | None = None
-                      ) -> dict:
+                      progress: Callable[[int, int], None] | None = None,
+                      long_tail: dict | None = None,
+                      posthoc: dict | None = None) -> dict:
   """report.json's content: the run, what was evaluated and every metric.
 
   Args:
@@ -34,6 +35,11 @@ def evaluation_report(result: Any, *, run: Any, logdir: str, split: str,
     step: the training step of the weights, when known.
     progress: called as `progress(done, total)` while the retrieval
       metrics rank the queries (the slow part on large splits).
+    long_tail: `cfal.metrics.long_tail.long_tail_report` of the result,
+      kept as `report["long_tail"]`.
+    posthoc: the post-hoc corrections the scores went through
+      (`cfal.heads.posthoc.PostHoc.record`), kept as `report["posthoc"]`
+      when there are any.
   """
   report = {
       "run": str(logdir), "split": split, "evaluated": origin,
@@ -51,6 +57,10 @@ def evaluation_report(result: Any, *, run: Any, logdir: str, split: str,
   }
   if np.isfinite(result.loss):
     report["loss"] = result.loss
+  if long_tail is not None:
+    report["long_tail"] = long_tail
+  if posthoc:
+    report["posthoc"] = posthoc
   return report
 
 
@@ -147,6 +157,10 @@ def summary_table(report: dict) -> str:
     lines.append(f"  {label:<24} {report[key]:.4f}")
   for key, label in _embedding_keys(report):
     lines.append(f"  {label:<24} {report['embedding'][key]:.4f}")
+  groups = report.get("long_tail", {}).get("groups", {})
+  for name, group in groups.items():
+    lines.append(f"  {name + '-shot recall':<24} {_fmt(group['recall'])}"
+                 f"  ({group['classes']} classes)")
   lines.append(_per_class_text(report))
   return "\n".join(lines)
 
@@ -165,8 +179,12 @@ def markdown_report(report: dict) -> str:
   """report.md: the same numbers as readable tables."""
   lines = [f"# {report['head']} head, {report['backbone']} on "
            f"{report['dataset']}: {report['split']}", "",
-           f"{report['num_samples']} examples; {report['evaluated']}.", "",
-           "| metric | value |", "| --- | ---: |"]
+           f"{report['num_samples']} examples; {report['evaluated']}.", ""]
+  for name, values in report.get("posthoc", {}).items():
+    settings = ", ".join(f"{k.replace('_', ' ')} {v}"
+                         for k, v in values.items())
+    lines += [f"Post-hoc {name.replace('_', ' ')}: {settings}.", ""]
+  lines += ["| metric | value |", "| --- | ---: |"]
   for key, label in KEY_METRICS:
     lines.append(f"| {label} | {_fmt(report[key])} |")
   for key in ("macro_precision", "macro_recall", "weighted_precision",
@@ -177,6 +195,8 @@ def markdown_report(report: dict) -> str:
   for key, value in report["embedding"].items():
     if isinstance(value, (int, float)):
       lines.append(f"| {key.replace('_', ' ')} | {_fmt(value)} |")
+  if "long_tail" in report:
+    lines += ["", *_long_tail_lines(report["long_tail"])]
   lines += ["", "| class | precision | recall | F1 | support |",
             "| --- | ---: | ---: | ---: | ---: |"]
   for name, c in report["per_class"].items():
@@ -185,17 +205,39 @@ def markdown_report(report: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _long_tail_lines(long_tail: dict) -> list[str]:
+  """report.md's table of the many/medium/few-shot groups."""
+  lines = [f"Long tail ({long_tail['rule']}):", "",
+           "| group | classes | training images | examples | recall | "
+           "accuracy |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+  for name, g in long_tail["groups"].items():
+    span = ("-" if g["min_count"] is None else
+            f"{g['min_count']}-{g['max_count']}")
+    lines.append(f"| {name}-shot | {g['classes']} | {span} | "
+                 f"{g['examples']} | {_fmt(g['recall'])} | "
+                 f"{_fmt(g['accuracy'])} |")
+  return lines
+
+
+LONG_TAIL_GROUPS = ("many", "medium", "few")
+
+
 def compare_runs(report_paths: Sequence[str | pathlib.Path]) -> str:
   """One markdown table of the key metrics of several evaluations, given
-  their report.json files; each row is named by the evaluation's folder."""
+  their report.json files; each row is named by the evaluation's folder.
+  When any has many/medium/few-shot groups, their recalls are columns
+  too ("n/a" for an evaluation without them)."""
   reports = []
   names = []
   for path in map(pathlib.Path, report_paths):
     names.append(str(path.parent))
     reports.append(json.loads(path.read_text()))
   emb_keys = _embedding_keys(reports[0])
+  long_tail = any("long_tail" in r for r in reports)
   header = (["run", "head", "backbone"] + [l for _, l in KEY_METRICS]
-            + [l for _, l in emb_keys])
+            + [l for _, l in emb_keys]
+            + ([f"{g}-shot recall" for g in LONG_TAIL_GROUPS]
+               if long_tail else []))
   lines = ["| " + " | ".join(header) + " |",
            "| " + " | ".join(["---"] * 3 + ["---:"] * (len(header) - 3))
            + " |"]
@@ -203,12 +245,16 @@ def compare_runs(report_paths: Sequence[str | pathlib.Path]) -> str:
     cells = [name, r["head"], r["backbone"]]
     cells += [_fmt(r[k]) for k, _ in KEY_METRICS]
     cells += [_fmt(r["embedding"].get(k, math.nan)) for k, _ in emb_keys]
+    if long_tail:
+      groups = r.get("long_tail", {}).get("groups", {})
+      cells += [_fmt(groups.get(g, {}).get("recall")) for g in
+                LONG_TAIL_GROUPS]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
 def _fmt(value) -> str:
-  if isinstance(value, float) and math.isnan(value):
+  if value is None or isinstance(value, float) and math.isnan(value):
     return "n/a"
   return f"{value:.4f}" if isinstance(value, float) else str(value)
 

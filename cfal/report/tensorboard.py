@@ -195,12 +195,24 @@ def _tag(name: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "class"
 
 
+def long_tail_scalars(long_tail: Mapping[str, Any]) -> dict[str, float]:
+  """`long_tail/many_recall`, `long_tail/many_accuracy`, ... of a
+  `long_tail_report` (groups whose values are None are left out)."""
+  values = {}
+  for name, group in long_tail["groups"].items():
+    for key in ("recall", "accuracy"):
+      if group.get(key) is not None:
+        values[f"long_tail/{name}_{key}"] = group[key]
+  return values
+
+
 def write_evaluation(writer, result: Any, *, step: int, title: str,
                      prototypes: np.ndarray | None, metric: str,
                      projector_dir: str | None = None,
                      projector_name: str = "validation",
                      projector_points: int | None = None,
-                     pngs: Mapping[str, bytes] | None = None) -> None:
+                     pngs: Mapping[str, bytes] | None = None,
+                     long_tail: Mapping[str, Any] | None = None) -> None:
   """An evaluation's summaries at `step`: the headline scalars, per-class
   recall, the confusion-matrix and embedding pictures, projector files.
 
@@ -220,6 +232,9 @@ def write_evaluation(writer, result: Any, *, step: int, title: str,
     pngs: the two pictures already rendered ("confusion_matrix",
       "embeddings" -> PNG bytes, as `documents.write_outputs` returns
       them), so they are not drawn twice.
+    long_tail: `cfal.metrics.long_tail.long_tail_report` of the result,
+      written as `long_tail/<group>_recall` and `long_tail/<group>_accuracy`
+      (groups many, medium, few; a group without examples writes none).
   """
   from cfal.viz import plots  # pylint: disable=import-outside-toplevel
   report = result.report
@@ -227,6 +242,8 @@ def write_evaluation(writer, result: Any, *, step: int, title: str,
   scalars = {key: report[key] for key in
              ("loss", "accuracy", "balanced_accuracy", "macro_f1")
              if key in report and np.isfinite(report[key])}
+  if long_tail is not None:
+    scalars.update(long_tail_scalars(long_tail))
   write_scalars(writer, scalars, step)
   write_per_class(writer, "per_class_recall",
                   [report["per_class"][n]["recall"] for n in class_names],

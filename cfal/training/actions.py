@@ -120,7 +120,8 @@ class ExportModel:
     return export.export_saved_model(
         self.directory, backbone=built.backbone, head=built.head,
         image_shape=built.data.image_shape,
-        class_names=built.data.class_names, step=step)
+        class_names=built.data.class_names, step=step,
+        class_counts=built.data.class_counts)
 
 
 class Preemption:

@@ -8,11 +8,13 @@ once. `evaluate.py` does the work.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pathlib
 
 from cfal.data.config import has_test_split
 from cfal.errors import UsageError
+from cfal.heads.registry import LINEAR_CLASSIFIERS, LOGIT_SCORES
 from cfal.training.config import TrainConfig
 from cfal.training.run_dir import latest_checkpoint
 
@@ -33,9 +35,17 @@ class EvalConfig:
     gpus, cpu_replicas: devices, as for training.
     output_dir: where results go (default `<logdir>/eval/<split>/<name>`,
       the name saying which weights: `ckpt-842`, `best-ckpt-700`,
-      `saved_model-export`).
+      `saved_model-export`, and which post-hoc correction:
+      `ckpt-842+tau_norm_1`).
     figure_formats: file formats of the pictures (png, pdf, svg).
     dpi: resolution of the raster pictures.
+    logit_adjustment: predict with `f_j(x) - tau log pi_j` (Menon et al.
+      2021, post-hoc), tau this value, pi the training class priors; None
+      for plain predictions. Heads whose scores are logits only.
+    tau_normalization: predict with the linear classifier's weight rows
+      rescaled to `w_j / ||w_j||^tau` and no bias (Kang et al. 2020), tau
+      this value; None for the trained classifier. Linear-classifier
+      heads only.
   """
 
   logdir: str
@@ -48,6 +58,8 @@ class EvalConfig:
   output_dir: str | None = None
   figure_formats: tuple[str, ...] = ("png",)
   dpi: int = 100
+  logit_adjustment: float | None = None
+  tau_normalization: float | None = None
 
 
 def load_run_config(logdir: str | pathlib.Path) -> TrainConfig:
@@ -118,11 +130,50 @@ def output_name(logdir: pathlib.Path, config: EvalConfig,
   never overwrite each other: `ckpt-842`, `best-ckpt-700` (from
   checkpoints/best/), `saved_model-export`; weights from outside the run
   keep the last three parts of their path (`external-runB-checkpoints-
-  ckpt-20`)."""
+  ckpt-20`). Post-hoc corrections add `posthoc_suffix`
+  (`ckpt-842+logit_adjusted_tau1`), so the plain evaluation stays."""
   if config.saved_model:
-    return "saved_model-" + _path_name(pathlib.Path(config.saved_model),
+    name = "saved_model-" + _path_name(pathlib.Path(config.saved_model),
                                        logdir)
-  return _path_name(pathlib.Path(checkpoint), logdir / "checkpoints")
+  else:
+    name = _path_name(pathlib.Path(checkpoint), logdir / "checkpoints")
+  return name + posthoc_suffix(config)
+
+
+def posthoc_suffix(config: EvalConfig) -> str:
+  """What the output folder's name adds for post-hoc corrections, so they
+  never overwrite the plain evaluation: `+tau_norm_1`,
+  `+logit_adjusted_tau1` (both: in that order, the order they apply)."""
+  suffix = ""
+  if config.tau_normalization is not None:
+    suffix += f"+tau_norm_{config.tau_normalization:g}"
+  if config.logit_adjustment is not None:
+    suffix += f"+logit_adjusted_tau{config.logit_adjustment:g}"
+  return suffix
+
+
+_POSTHOC = (("tau_normalization", LINEAR_CLASSIFIERS, "a linear classifier"),
+            ("logit_adjustment", LOGIT_SCORES, "scores that are logits"))
+
+
+def check_posthoc(config: EvalConfig, run: TrainConfig | None = None
+                  ) -> None:
+  """Refuses a bad tau and, given the run, a post-hoc correction its head
+  cannot take, from the head's name alone (`cfal.heads.registry`)."""
+  for flag, heads, what in _POSTHOC:
+    tau = getattr(config, flag)
+    if tau is None:
+      continue
+    if not math.isfinite(tau) or tau < 0:
+      raise UsageError(f"--{flag}={tau:g}: tau must be a finite number "
+                       f">= 0.")
+    head = run.model.head if run is not None else None
+    if head is not None and head not in heads:
+      why = ("its weights are unit vectors already" if head in LOGIT_SCORES
+             else "its scores are Gaussian affinities, not logits")
+      raise UsageError(
+          f"--{flag} is for heads with {what} ({', '.join(sorted(heads))});"
+          f" this run's head is {head} ({why}).")
 
 
 def _path_name(path: pathlib.Path, inside: pathlib.Path) -> str:
@@ -156,8 +207,10 @@ def find_report(path: str | os.PathLike, split: str) -> pathlib.Path:
 
 def check_eval_config(config: EvalConfig) -> TrainConfig:
   """Every refusal that needs no TensorFlow; returns the run's config."""
+  check_posthoc(config)
   run = load_run_config(config.logdir)
   check_split(run, config.split)
+  check_posthoc(config, run)
   if config.saved_model:
     check_saved_model(config.saved_model)
   else:

@@ -6,7 +6,12 @@ SavedModel), runs the split through the one evaluator, and hands the result
 to the report code, which writes `<logdir>/eval/<split>/<weights>/`
 (`ckpt-842`, `best-ckpt-700`, `saved_model-export`): report.json,
 report.md, predictions.npz, the pictures, projector files, and TensorBoard
-summaries at the step of the weights evaluated.
+summaries at the step of the weights evaluated. The report groups the
+classes into many-, medium- and few-shot by their training counts
+(`<logdir>/class_counts.json`), and `EvalConfig.logit_adjustment` /
+`tau_normalization` evaluate the model with a post-hoc correction
+(`cfal.heads.posthoc`) into a folder of its own
+(`ckpt-842+logit_adjusted_tau1`).
 """
 
 from __future__ import annotations
@@ -20,15 +25,19 @@ import tensorflow as tf
 
 from cfal.data import datasets, pipeline
 from cfal.errors import UsageError
+from cfal.heads.posthoc import PostHoc
+from cfal.metrics.long_tail import long_tail_report
 from cfal.report import documents, tensorboard
 from cfal.training import build as build_lib
+from cfal.training.class_counts_record import (FILENAME, read_class_counts,
+                                               stored_counts)
 from cfal.training.config import TrainConfig, dtype_policy
 from cfal.training.eval_config import (EvalConfig, check_eval_config,
                                        check_saved_model, check_split,
                                        checkpoint_path, load_run_config,
                                        output_name)
-from cfal.training.evaluator import (Evaluator, model_forward,
-                                     saved_model_forward)
+from cfal.training.evaluator import (Evaluator, corrected_forward,
+                                     model_forward, saved_model_forward)
 from cfal.training.strategy import make_strategy
 
 Printer = Callable[[str], None]
@@ -71,6 +80,7 @@ def _evaluate(config: EvalConfig, run: TrainConfig, echo: Printer) -> dict:
     forward, metric = saved_model_forward(model), (
         model.embedding_metric.numpy().decode())
     prototypes = model.head.prototypes.numpy()
+    head = model.head
     step = (int(model.step.numpy()) if hasattr(model, "step") else None)
     origin = f"SavedModel {config.saved_model}" + (
         f" (step {step})" if step is not None else "")
@@ -96,9 +106,18 @@ def _evaluate(config: EvalConfig, run: TrainConfig, echo: Printer) -> dict:
                        f"{run.model.embedding_dim}): {first}") from None
     step = int(built.counters.step.numpy())
     forward = model_forward(built.backbone, built.head)
+    head = built.head
     metric = built.head.embedding_metric
     prototypes = built.head.prototypes.numpy()
     origin = f"checkpoint {path} (step {step})"
+  counts = training_counts(logdir, data, echo)
+  posthoc = PostHoc(
+      logit_adjustment=config.logit_adjustment,
+      class_counts=tuple(int(c) for c in counts),
+      tau_normalization=config.tau_normalization, head=head)
+  if posthoc:
+    forward = corrected_forward(forward, posthoc)
+    origin += " with " + _posthoc_text(config)
   source, indices = _split(data, config.split)
   dataset = pipeline.eval_dataset(source, indices,
                                   batch_size=config.batch_size)
@@ -108,7 +127,10 @@ def _evaluate(config: EvalConfig, run: TrainConfig, echo: Printer) -> dict:
   result = evaluator.evaluate(dataset)
   report = documents.evaluation_report(
       result, run=run, logdir=str(logdir), split=config.split, origin=origin,
-      metric=metric, step=step, progress=_progress_line(echo))
+      metric=metric, step=step, progress=_progress_line(echo),
+      long_tail=long_tail_report(counts, result.confusion,
+                                 data.class_names),
+      posthoc=posthoc.record())
   out = pathlib.Path(config.output_dir or logdir / "eval" / config.split /
                      output_name(logdir, config, path))
   pngs = documents.write_outputs(out, report, result, prototypes,
@@ -119,7 +141,8 @@ def _evaluate(config: EvalConfig, run: TrainConfig, echo: Printer) -> dict:
       writer, result, step=step if step is not None else 0,
       title=documents.figure_title(report), prototypes=prototypes,
       metric=metric, projector_dir=str(out.parent), projector_name=out.name,
-      projector_points=PROJECTOR_POINTS, pngs=pngs)
+      projector_points=PROJECTOR_POINTS, pngs=pngs,
+      long_tail=report["long_tail"])
   writer.close()
   echo(documents.summary_table(report))
   pictures = ", ".join(f"{name}.{fmt}" for name in pngs
@@ -127,6 +150,36 @@ def _evaluate(config: EvalConfig, run: TrainConfig, echo: Printer) -> dict:
   echo(f"Wrote {out}/: report.json, report.md, predictions.npz, "
        f"{pictures}, projector files.")
   return report
+
+
+def training_counts(logdir: pathlib.Path, data: datasets.DataBundle,
+                    echo: Printer) -> np.ndarray:
+  """The training split's examples per class, as the run recorded them
+  (`class_counts.json`); for a run made before that file, those of the
+  data split rebuilt from its config (deterministic), said in one line."""
+  record = read_class_counts(logdir)
+  counts = stored_counts(record, data.class_names)
+  rebuilt = np.asarray(data.class_counts, np.int64)
+  if counts is None:
+    echo(f"note: {logdir} has no {FILENAME} (an older run); its training "
+         f"class counts were rebuilt from its config's data split.")
+    return rebuilt
+  if not np.array_equal(counts, rebuilt):
+    echo(f"note: the training class counts in {logdir / FILENAME} differ "
+         f"from those of the data now at {data.name}; using the recorded "
+         f"ones, which the model was trained on.")
+  return counts
+
+
+def _posthoc_text(config: EvalConfig) -> str:
+  parts = []
+  if config.tau_normalization is not None:
+    parts.append(f"the tau-normalised classifier (tau "
+                 f"{config.tau_normalization:g}, no bias)")
+  if config.logit_adjustment is not None:
+    parts.append(f"post-hoc logit adjustment (tau "
+                 f"{config.logit_adjustment:g})")
+  return " and ".join(parts)
 
 
 def _progress_line(echo: Printer, every: float = 10.0):

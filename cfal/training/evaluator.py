@@ -204,6 +204,24 @@ def saved_model_forward(model) -> Forward:
   return forward
 
 
+def corrected_forward(forward: Forward,
+                      correct: Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+                      ) -> Forward:
+  """`forward` with its scores replaced by `correct(embeddings, scores)`
+  (e.g. a `cfal.heads.posthoc.PostHoc`) and its predictions by their
+  argmax, in the graph, so the confusion counts and everything after them
+  see the corrected model. The embeddings are kept; the loss is dropped
+  (it is the uncorrected head's, not that of the scores evaluated)."""
+  def wrapped(images, labels):
+    out = dict(forward(images, labels))
+    scores = correct(out["embeddings"], out["scores"])
+    out.pop("loss", None)
+    out.update(scores=scores, predictions=tf.argmax(
+        scores, axis=-1, output_type=tf.int32))
+    return out
+  return wrapped
+
+
 def evaluator_for(built: "Built", *, keep: int | None, keep_images: int = 0,
                   mode: str = "function") -> Evaluator:
   """The evaluator of a built run's backbone + head for validation and

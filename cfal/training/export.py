@@ -28,6 +28,12 @@ palette BMP files, which training reads with Pillow, are refused with an
 error: convert them to PNG. `decode_images` (a function of the loaded
 object, not a signature) returns those float images.
 
+The loaded object also holds `class_names`, `step`, `embedding_metric`
+and `class_counts` (int64, the training split's examples per class, so a
+SavedModel carries its class priors: `scores - tau * log(counts /
+counts.sum())` is Menon et al.'s post-hoc logit adjustment; exports made
+before it have none).
+
 With `saved_model_cli` (installed with TensorFlow; `run` needs the
 signature named):
 
@@ -164,7 +170,7 @@ class _Classifier(tf.Module):
 
   def __init__(self, backbone: keras.Model, head: Head,
                image_shape: Sequence[int], class_names: Sequence[str],
-               step: int):
+               step: int, class_counts: Sequence[int] | None = None):
     super().__init__(name="cfal_classifier")
     # The backbone's own tf.Variables are what the SavedModel tracks, not
     # the Keras model: Keras 3 saves each of its variables as a copy that
@@ -182,6 +188,12 @@ class _Classifier(tf.Module):
                             name="step")
     self.class_names = tf.Variable(list(class_names), trainable=False,
                                    name="class_names")
+    # The training split's examples per class: the model's class priors
+    # (for post-hoc logit adjustment), int64 [num_classes].
+    if class_counts is not None:
+      self.class_counts = tf.Variable(
+          [int(c) for c in class_counts], dtype=tf.int64, trainable=False,
+          name="class_counts")
     # "cosine" or "euclidean": how the head compares embeddings, for
     # retrieval metrics on the exported model.
     self.embedding_metric = tf.Variable(head.embedding_metric,
@@ -241,7 +253,9 @@ class _Classifier(tf.Module):
 def export_saved_model(path: str | os.PathLike, *, backbone: keras.Model,
                        head: Head, image_shape: Sequence[int],
                        class_names: Sequence[str],
-                       step: int = 0) -> pathlib.Path:
+                       step: int = 0,
+                       class_counts: Sequence[int] | None = None
+                       ) -> pathlib.Path:
   """Writes the SavedModel into a temporary folder, then swaps it in.
 
   A kill at any moment leaves a complete model at `path` or at
@@ -267,6 +281,9 @@ def export_saved_model(path: str | os.PathLike, *, backbone: keras.Model,
       what the bytes signature decodes and resizes files to.
     class_names: Name of each class id.
     step: The training step of the weights.
+    class_counts: The training split's examples per class, kept as the
+      loaded model's `class_counts` (int64 [num_classes]), so the export
+      carries its class priors; None for none.
 
   Returns:
     `path`.
@@ -277,7 +294,8 @@ def export_saved_model(path: str | os.PathLike, *, backbone: keras.Model,
   if old.exists() and not path.exists():
     old.rename(path)   # a previous swap was killed half-way
   shutil.rmtree(tmp, ignore_errors=True)
-  module = _Classifier(backbone, head, image_shape, class_names, step)
+  module = _Classifier(backbone, head, image_shape, class_names, step,
+                       class_counts)
   tf.saved_model.save(module, str(tmp), signatures=module.signature_map())
   shutil.rmtree(old, ignore_errors=True)
   if path.exists():

@@ -19,10 +19,12 @@ import tensorflow as tf
 from cfal.backbones.pretrained import load_pretrained
 from cfal.data import datasets
 from cfal.errors import UsageError
+from cfal.metrics.long_tail import long_tail_report
 from cfal.report import tensorboard
 from cfal.training import build as build_lib
 from cfal.training.actions import (BestModel, ExportModel, Preemption,
                                    SaveCheckpoint, check_workers_agree)
+from cfal.training.class_counts_record import write_class_counts
 from cfal.training.config import TrainConfig, dtype_policy, op_determinism
 from cfal.training.controller import Actions, Controller, RunResult
 from cfal.training.run_dir import RunLock, check_run_dir, write_atomically
@@ -115,6 +117,10 @@ def _run(config: TrainConfig, strategy: tf.distribute.Strategy, mode: str,
   if resumed:
     echo(f"Resuming {logdir} at step {start}.")
   write_atomically(outdir / "config.json", config.to_json())
+  if chief:
+    # The training priors, for eval.py's long-tail groups and post-hoc
+    # logit adjustment.
+    write_class_counts(outdir, built.data)
 
   run, data = config.run, built.data
   writer = tf.summary.create_file_writer(str(outdir / "train"))
@@ -127,12 +133,16 @@ def _run(config: TrainConfig, strategy: tf.distribute.Strategy, mode: str,
   title = (f"{config.model.head} head, {config.model.backbone} on "
            f"{data.name} - validation")
 
+  counts = data.class_counts
+
   def on_validation(result, step):
     tensorboard.write_evaluation(
         validation_writer, result, step=step, title=f"{title}, step {step}",
         prototypes=built.head.prototypes.numpy(),
         metric=built.head.embedding_metric, projector_dir=str(outdir),
-        projector_name="validation")
+        projector_name="validation",
+        long_tail=long_tail_report(counts, result.confusion,
+                                   data.class_names))
 
   iterator = build_lib.train_iterator(built, start)
   echo(f"Training {config.model.backbone} + {config.model.head} on "

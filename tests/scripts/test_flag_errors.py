@@ -111,6 +111,10 @@ def _run(script: str, *args: str, cwd=ROOT) -> tuple[int, list[str], float]:
     ("eval.py", ["--compare=/nonexistent/a,/nonexistent/b"], "eval.py: "
      "/nonexistent/a has no evaluation of the test split: evaluate it first "
      "(--logdir=/nonexistent/a --split=test)."),
+    ("eval.py", ["--logdir=x", "--logit_adjustment=-0.5"], "eval.py: "
+     "--logit_adjustment=-0.5: tau must be a finite number >= 0."),
+    ("eval.py", ["--logdir=x", "--tau_normalization=-1"], "eval.py: "
+     "--tau_normalization=-1: tau must be a finite number >= 0."),
 ], ids=["unknown_flag", "missing_flagfile", "bad_enum", "head_value",
         "head_option", "cfal_sigma", "num_subcenters",
         "num_subcenters_elsewhere", "dataset", "backbone_arg",
@@ -119,7 +123,8 @@ def _run(script: str, *args: str, cwd=ROOT) -> tuple[int, list[str], float]:
         "drw_step_and_epoch", "drw_on_class_weights", "drw_after_the_end",
         "eval_bad_enum", "eval_no_logdir",
         "eval_missing_run", "eval_figure_format", "eval_dpi",
-        "eval_compare"])
+        "eval_compare", "eval_negative_logit_adjustment",
+        "eval_negative_tau_normalization"])
 def test_usage_errors_are_one_line_exit_2_before_tensorflow(script, args,
                                                             expected):
   code, lines, elapsed = _run(script, *args)
@@ -193,6 +198,18 @@ def test_run_directory_errors_come_before_tensorflow(tmp_path):
   assert code == 2 and lines == [
       f"eval.py: {run} has no best checkpoint in {run}/checkpoints/best; "
       f"train first (or pass --checkpoint=PATH)."]
+  # Post-hoc corrections a cfal head cannot take (its scores are
+  # affinities), known from config.json's head name.
+  code, lines, _ = _run("eval.py", f"--logdir={run}", "--tau_normalization=1")
+  assert code == 2 and lines == [
+      "eval.py: --tau_normalization is for heads with a linear classifier "
+      "(balanced_softmax, center_loss, focal, logit_adjusted, softmax); "
+      "this run's head is cfal (its scores are Gaussian affinities, not "
+      "logits)."]
+  code, lines, _ = _run("eval.py", f"--logdir={run}", "--logit_adjustment=1")
+  assert code == 2 and len(lines) == 1
+  assert lines[0].startswith("eval.py: --logit_adjustment is for heads with "
+                             "scores that are logits (")
   code, lines, _ = _run("eval.py", f"--logdir={run}",
                         f"--saved_model={tmp_path}/export")
   assert code == 2 and lines == [

@@ -250,3 +250,208 @@ def test_long_retrieval_metrics_report_their_progress():
   retrieval_metrics(x, y, metric="euclidean", chunk_size=100,
                     progress=evaluation._progress_line(quiet.append))
   assert not quiet   # short runs say nothing
+
+
+# ---------------------------------------------------------------------------
+# Long-tailed evaluation: class_counts.json, many/medium/few-shot groups,
+# post-hoc logit adjustment and the tau-normalised classifier.
+
+
+@pytest.fixture(scope="module")
+def long_tailed(tmp_path_factory):
+  """A short softmax run on Fashion-MNIST cut to a 1000:1 long tail (5,940
+  training images of the first class down to 6 of the last), evaluated on
+  the validation split plainly, with post-hoc logit adjustment (tau 1) and
+  with the tau-normalised classifier (tau 1)."""
+  from cfal.data.datasets import DataConfig  # pylint: disable=import-outside-toplevel
+  run = tmp_path_factory.mktemp("long_tailed") / "softmax"
+  train(small_config(run, head="softmax", train_steps=20, data=DataConfig(
+      name="fashion_mnist", validation_split=0.01, imbalance_ratio=1000)),
+        echo=lambda _: None)
+  reports = {}
+  for name, options in (("plain", {}), ("adjusted", {"logit_adjustment": 1.0}),
+                        ("tau_norm", {"tau_normalization": 1.0})):
+    lines = []
+    reports[name] = evaluation.evaluate_run(
+        evaluation.EvalConfig(logdir=str(run), split="validation", **options),
+        echo=lines.append)
+    reports[name]["printed"] = lines
+  return run, reports
+
+
+def _validation_images(run: pathlib.Path):
+  """The run's validation split as eval.py batches it."""
+  from cfal.data import pipeline  # pylint: disable=import-outside-toplevel
+  from cfal.training import build  # pylint: disable=import-outside-toplevel
+  config = evaluation.load_run_config(run)
+  data = build.load_data(config)
+  return data, pipeline.eval_dataset(data.source, data.validation_indices,
+                                     batch_size=256)
+
+
+def test_a_run_records_its_training_class_counts(long_tailed):
+  run, reports = long_tailed
+  record = json.loads((run / "class_counts.json").read_text())
+  data, _ = _validation_images(run)
+  np.testing.assert_array_equal(
+      record["class_counts"],
+      np.bincount(data.source.labels[data.train_indices], minlength=10))
+  assert record["class_names"] == list(data.class_names)
+  assert record["imbalance_ratio"] == 1000.0
+  assert record["largest_to_smallest"] == pytest.approx(
+      max(record["class_counts"]) / min(record["class_counts"]))
+  # The SavedModel carries the same priors.
+  model = tf.saved_model.load(str(run / "export"))
+  np.testing.assert_array_equal(model.class_counts.numpy(),
+                                record["class_counts"])
+  assert not any("class_counts.json" in l for l in reports["plain"]["printed"])
+
+
+def test_long_tail_groups_in_report_markdown_and_events(long_tailed):
+  run, reports = long_tailed
+  out = run / "eval" / "validation" / "ckpt-20"
+  saved = json.loads((out / "report.json").read_text())
+  counts = json.loads((run / "class_counts.json").read_text())["class_counts"]
+  long_tail = saved["long_tail"]
+  assert long_tail["rule_name"] == "liu" and "n > 100" in long_tail["rule"]
+  names = list(saved["per_class"])
+  recalls = {n: c["recall"] for n, c in saved["per_class"].items()}
+  for group, member in (("many", lambda n: n > 100),
+                        ("medium", lambda n: 20 <= n <= 100),
+                        ("few", lambda n: n < 20)):
+    classes = [names[c] for c, n in enumerate(counts) if member(n)]
+    values = long_tail["groups"][group]
+    assert values["class_names"] == classes and classes
+    assert values["recall"] == pytest.approx(
+        np.mean([recalls[n] for n in classes]), abs=1e-12)
+  md = (out / "report.md").read_text()
+  assert "Long tail (Liu et al. 2019" in md
+  assert md.count("-shot |") == 3
+  scalars = _event_scalars(out)
+  for group in ("many", "medium", "few"):
+    for key in ("recall", "accuracy"):
+      assert scalars[f"long_tail/{group}_{key}"] == {
+          20: pytest.approx(long_tail["groups"][group][key], abs=1e-6)}
+  # Validation during training writes them too.
+  assert "long_tail/few_recall" in _event_scalars(run / "validation")
+  printed = "\n".join(reports["plain"]["printed"])
+  assert "few-shot recall" in printed
+
+
+def _event_scalars(folder: pathlib.Path) -> dict[str, dict[int, float]]:
+  """Scalar tag -> {step: value}, from the event files in `folder`."""
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=import-outside-toplevel
+  values: dict[str, dict[int, float]] = {}
+  for path in folder.glob("events.out.tfevents.*"):
+    acc = event_accumulator.EventAccumulator(str(path), size_guidance={
+        event_accumulator.TENSORS: 0})
+    acc.Reload()
+    for tag in acc.Tags()["tensors"]:
+      for event in acc.Tensors(tag):
+        if not event.tensor_proto.tensor_shape.dim:   # scalars only
+          values.setdefault(tag, {})[event.step] = float(
+              tf.make_ndarray(event.tensor_proto))
+  return values
+
+
+def test_logit_adjustment_equals_adjusting_the_exported_logits_by_hand(
+    long_tailed):
+  run, reports = long_tailed
+  out = run / "eval" / "validation" / "ckpt-20+logit_adjusted_tau1"
+  saved = json.loads((out / "report.json").read_text())
+  assert saved["posthoc"]["logit_adjustment"]["tau"] == 1.0
+  assert "post-hoc logit adjustment (tau 1)" in saved["evaluated"]
+  assert "Post-hoc logit adjustment: tau 1.0" in (out / "report.md"
+                                                  ).read_text()
+  model = tf.saved_model.load(str(run / "export"))
+  counts = model.class_counts.numpy().astype(np.float64)
+  _, dataset = _validation_images(run)
+  scores = np.concatenate([model.classify(images)["scores"].numpy()
+                           for images, _ in dataset]).astype(np.float64)
+  by_hand = scores - np.log(counts / counts.sum())
+  got = np.load(out / "predictions.npz")
+  np.testing.assert_array_equal(got["predictions"], by_hand.argmax(1))
+  np.testing.assert_allclose(got["scores"], by_hand, rtol=1e-4, atol=1e-4)
+  plain = np.load(run / "eval" / "validation" / "ckpt-20" / "predictions.npz")
+  np.testing.assert_array_equal(got["embeddings"], plain["embeddings"])
+  assert not np.array_equal(got["predictions"], plain["predictions"])
+  # The adjustment moves predictions towards the rare classes.
+  few = saved["long_tail"]["groups"]["few"]["recall"]
+  assert few > reports["plain"]["long_tail"]["groups"]["few"]["recall"]
+  assert "loss" not in saved   # the head's loss is not that of the scores
+
+
+def test_tau_normalisation_rescales_the_checkpoints_classifier(long_tailed,
+                                                               tmp_path):
+  run, _ = long_tailed
+  out = run / "eval" / "validation" / "ckpt-20+tau_norm_1"
+  saved = json.loads((out / "report.json").read_text())
+  assert saved["posthoc"]["tau_normalization"] == {
+      "tau": 1.0, "bias": "dropped", "paper": "Kang et al., ICLR 2020"}
+  reader = tf.train.load_checkpoint(str(run / "checkpoints" / "ckpt-20"))
+  key = next(k for k in reader.get_variable_to_shape_map()
+             if k.startswith("head/") and "prototypes" in k
+             and "OPTIMIZER" not in k)
+  W = reader.get_tensor(key).astype(np.float64)
+  got = np.load(out / "predictions.npz")
+  by_hand = got["embeddings"].astype(np.float64) @ (
+      W / np.linalg.norm(W, axis=1, keepdims=True)).T
+  np.testing.assert_array_equal(got["predictions"], by_hand.argmax(1))
+  np.testing.assert_allclose(got["scores"], by_hand, rtol=1e-4, atol=1e-5)
+  # The SavedModel's head gives the same tau-normalised model.
+  evaluation.evaluate_run(
+      evaluation.EvalConfig(logdir=str(run), split="validation",
+                            saved_model=str(run / "export"),
+                            tau_normalization=1.0, output_dir=str(tmp_path)),
+      echo=lambda _: None)
+  np.testing.assert_array_equal(
+      np.load(tmp_path / "predictions.npz")["predictions"],
+      got["predictions"])
+  assert evaluation.output_name(run, evaluation.EvalConfig(
+      logdir=str(run), saved_model=str(run / "export"),
+      tau_normalization=0.5, logit_adjustment=2.0), None) == (
+          "saved_model-export+tau_norm_0.5+logit_adjusted_tau2")
+
+
+def test_compare_shows_the_long_tail_groups(long_tailed, tmp_path):
+  run, _ = long_tailed
+  folders = [run / "eval" / "validation" / n
+             for n in ("ckpt-20", "ckpt-20+logit_adjusted_tau1")]
+  table = documents.compare_runs(
+      [f / "report.json" for f in folders]).splitlines()
+  assert "many-shot recall | medium-shot recall | few-shot recall |" in (
+      table[0])
+  assert "ckpt-20+logit_adjusted_tau1 |" in table[3]
+  few = json.loads((folders[1] / "report.json").read_text())[
+      "long_tail"]["groups"]["few"]["recall"]
+  assert table[3].endswith(f"| {few:.4f} |")
+  # An evaluation made before the groups existed shows n/a.
+  older = json.loads((folders[0] / "report.json").read_text())
+  del older["long_tail"]
+  (tmp_path / "report.json").write_text(json.dumps(older))
+  mixed = documents.compare_runs([folders[0] / "report.json",
+                                  tmp_path / "report.json"]).splitlines()
+  assert mixed[3].endswith("| n/a | n/a | n/a |")
+
+
+def test_a_run_without_class_counts_json_rebuilds_them(long_tailed,
+                                                       tmp_path):
+  run, reports = long_tailed
+  kept = (run / "class_counts.json").read_text()
+  (run / "class_counts.json").unlink()
+  lines = []
+  try:
+    report = evaluation.evaluate_run(
+        evaluation.EvalConfig(logdir=str(run), split="validation",
+                              logit_adjustment=1.0,
+                              output_dir=str(tmp_path)),
+        echo=lines.append)
+  finally:
+    (run / "class_counts.json").write_text(kept)
+  notes = [l for l in lines if "class_counts.json" in l]
+  assert len(notes) == 1 and "rebuilt from its config" in notes[0]
+  assert report["long_tail"] == reports["adjusted"]["long_tail"]
+  np.testing.assert_array_equal(
+      np.load(tmp_path / "predictions.npz")["predictions"],
+      np.load(run / "eval" / "validation" / "ckpt-20+logit_adjusted_tau1" /
+              "predictions.npz")["predictions"])
