@@ -85,6 +85,9 @@ class Run:
     keep: files of the first evaluation's output folder to keep as well
       (e.g. "embeddings.png").
     grid: hyper-parameters tuned on the validation split first.
+    tuned_like: the name of another run of the experiment whose grid
+      choice this run uses (tuned once, e.g. at one imbalance ratio, and
+      applied to another).
   """
 
   name: str
@@ -94,6 +97,7 @@ class Run:
       default_factory=lambda: {"test": ("--split=test",)})
   keep: tuple[str, ...] = ()
   grid: Grid | None = None
+  tuned_like: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +164,8 @@ class Runner:
     for run in experiment.runs:
       if only and run.name not in only:
         continue
-      chosen = self.tune(experiment, run)
+      chosen = self.tune(experiment, (experiment.run(run.tuned_like)
+                                      if run.tuned_like else run))
       for seed in (seeds if seeds is not None else experiment.seeds):
         record = self.execute(experiment.name, run, seed, extra=chosen)
         if record is not None:
