@@ -79,10 +79,15 @@ def test_tuning_picks_the_best_validation_point_and_trains_with_it(tmp_path):
   study = _runner(tmp_path, lines)
   grid = runner.Grid({"learning_rate": (1e-9, 3e-3)}, metric="accuracy")
   run = runner.Run("tuned", flags={**TINY, "train_steps": 30}, grid=grid)
-  experiment = runner.Experiment("exp", "tiny", (run,), seeds=(1,))
+  # Another cell reusing the choice (as the ratio-10 runs of experiment 3).
+  reused = runner.Run("reused", flags={**TINY, "train_steps": 10},
+                      tuned_like="tuned")
+  experiment = runner.Experiment("exp", "tiny", (run, reused), seeds=(1,))
   records = study.run_experiment(experiment)
   # A learning rate of 1e-9 cannot learn in 30 steps; 3e-3 does.
-  assert [r["flags"]["learning_rate"] for r in records] == [3e-3]
+  assert [r["flags"]["learning_rate"] for r in records] == [3e-3, 3e-3]
+  assert [r["run"] for r in records] == ["tuned", "reused"]
+  assert not (tmp_path / "results" / "exp" / "reused" / "tune").exists()
   assert any("tuned on validation accuracy: learning_rate=0.003" in line
              for line in lines)
   tune = tmp_path / "results" / "exp" / "tuned" / "tune"

@@ -1,0 +1,76 @@
+"""RESULTS.md's long-tail section: means, spreads, the paired comparison and
+the tuning table computed from kept results (generated here)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from studies import experiments, tables
+
+SEEDS = (0, 1, 2)
+
+
+def _report(rng, few: float) -> dict:
+  groups = {"many": rng.uniform(0.8, 0.95), "medium": rng.uniform(0.6, 0.8),
+            "few": few}
+  return {"balanced_accuracy": rng.uniform(0.7, 0.9),
+          "macro_f1": rng.uniform(0.7, 0.9),
+          "embedding": {"map_at_r": rng.uniform(0.5, 0.8)},
+          "long_tail": {"rule": "thirds of the classes by training count",
+                        "groups": {g: {"recall": v}
+                                   for g, v in groups.items()}}}
+
+
+def _keep(folder, name, record, **reports):
+  folder.mkdir(parents=True)
+  (folder / "result.json").write_text(json.dumps(record))
+  for evaluation, report in reports.items():
+    (folder / f"{evaluation}.json").write_text(json.dumps(report))
+
+
+def test_long_tail_section_from_kept_results(tmp_path, monkeypatch):
+  module = experiments.module("long_tail")
+  experiment = module.EXPERIMENT
+  rng = np.random.default_rng(7)
+  # Few-shot recall per head and seed: CFAL, and two baselines of which
+  # logit adjustment is the better one.
+  few = {"cfal": [0.70, 0.64, 0.75], "logit_adjusted": [0.66, 0.68, 0.69],
+         "softmax": [0.30, 0.35, 0.28]}
+  results = tmp_path / "results"
+  for head, values in few.items():
+    for seed, value in zip(SEEDS, values):
+      reports = {"test": _report(rng, value)}
+      if head == "softmax":
+        reports["test_posthoc_la"] = _report(rng, value + 0.2)
+      _keep(results / "long_tail" / f"r100_{head}" / f"seed-{seed}", head,
+            {"train_seconds": 60.0 + seed, "eval_seconds": {"test": 5.0}},
+            **reports)
+  for tau, score in ((0.5, 0.81), (1.0, 0.84), (1.5, 0.83)):
+    _keep(results / "long_tail" / "r100_logit_adjusted" / "tune" /
+          f"tau={tau}" / "seed-0", "t",
+          {"train_seconds": 1.0, "eval_seconds": {}},
+          validation={"balanced_accuracy": score})
+  monkeypatch.setattr(tables, "DOCS", tmp_path / "docs")
+
+  runs = tables.load(experiment, results=results)
+  assert set(runs) == {"r100_cfal", "r100_logit_adjusted", "r100_softmax"}
+  text = module.section(runs, experiment)
+
+  cfal_row = next(l for l in text.splitlines() if l.startswith("| CFAL |"))
+  expected = (f"{np.mean(few['cfal']):.3f} ± "
+              f"{np.std(few['cfal'], ddof=1):.3f}")
+  assert expected in cfal_row and "| 3 |" in cfal_row
+  assert "| softmax + post-hoc LA |" in text
+  # The paired comparison: CFAL minus the best baseline, seed by seed.
+  diffs = np.subtract(few["cfal"], few["logit_adjusted"])
+  line = next(l for l in text.splitlines()
+              if l.startswith("- Ratio 100, few-shot recall"))
+  assert "best baseline by its mean is logit-adjusted loss" in line
+  assert (f"{diffs.mean():+.3f} (sd {np.std(diffs, ddof=1):.3f}; higher on "
+          f"2 of 3 seeds)") in line
+  assert "**tau=1.0: 0.840**" in text and "tau=0.5: 0.810" in text
+  assert "Ratio 10: not run yet." in text
+  assert (tmp_path / "docs" / "long_tail_r100.png").read_bytes()[:4] == (
+      b"\x89PNG")
