@@ -2,7 +2,7 @@
 
     .venv/bin/python studies/run.py --list
     .venv/bin/python studies/run.py arcface_notebook center_loss
-    .venv/bin/python studies/run.py long_tail --only=cfal,softmax --seeds=0
+    .venv/bin/python studies/run.py long_tail --only=r100_cfal,r100_softmax --seeds=0
     .venv/bin/python studies/run.py long_tail --dry_run   # the commands only
 
 Each experiment is `studies/<name>/experiment.py` (its runs) with its

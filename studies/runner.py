@@ -88,6 +88,11 @@ class Run:
     tuned_like: the name of another run of the experiment whose grid
       choice this run uses (tuned once, e.g. at one imbalance ratio, and
       applied to another).
+    seeds: the seeds of this run, instead of the experiment's (e.g. one
+      pre-training that every seed of the later runs starts from).
+    run_dir_needed: later runs read this run's directory (`--pretrained=`):
+      when its result is kept but the directory is gone (a fresh clone),
+      it trains again.
   """
 
   name: str
@@ -98,6 +103,8 @@ class Run:
   keep: tuple[str, ...] = ()
   grid: Grid | None = None
   tuned_like: str | None = None
+  seeds: tuple[int, ...] | None = None
+  run_dir_needed: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +115,14 @@ class Experiment:
   title: str
   runs: tuple[Run, ...]
   seeds: tuple[int, ...] = (0, 1, 2)
+
+  def seeds_of(self, run: Run,
+               asked: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The seeds `run` trains with: its own, else those asked for, else
+    the experiment's."""
+    if run.seeds is not None:
+      return run.seeds
+    return tuple(asked) if asked is not None else self.seeds
 
   def run(self, name: str) -> Run:
     for run in self.runs:
@@ -166,7 +181,7 @@ class Runner:
         continue
       chosen = self.tune(experiment, (experiment.run(run.tuned_like)
                                       if run.tuned_like else run))
-      for seed in (seeds if seeds is not None else experiment.seeds):
+      for seed in experiment.seeds_of(run, seeds):
         record = self.execute(experiment.name, run, seed, extra=chosen)
         if record is not None:
           records.append(record)
@@ -239,6 +254,11 @@ class Runner:
     results = self._results(experiment, folder, seed)
     train = self.train_command(run, seed, logdir, extra)
     done = results / "result.json"
+    if (done.exists() and run.run_dir_needed
+        and not (logdir / "config.json").exists()):
+      self.echo(f"{label}: kept, but later runs need its run directory, "
+                f"which is gone: training it again.")
+      done.unlink()
     if done.exists():
       record = json.loads(done.read_text())
       if record["train_command"][1:] != _shown(train)[1:]:

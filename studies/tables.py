@@ -55,7 +55,7 @@ def load(experiment: Experiment,
     folder = results / experiment.name / run.name
     records, reports = {}, {}
     first = next(iter(run.evals))
-    for seed in experiment.seeds:
+    for seed in experiment.seeds_of(run):
       kept = folder / f"seed-{seed}"
       if (kept / "result.json").exists():
         records[seed] = json.loads((kept / "result.json").read_text())

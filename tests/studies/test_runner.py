@@ -4,6 +4,7 @@ what finished and skips it on rerun."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import pytest
@@ -95,3 +96,23 @@ def test_tuning_picks_the_best_validation_point_and_trains_with_it(tmp_path):
     report = json.loads((tune / point / "seed-0" / "validation.json")
                         .read_text())
     assert report["split"] == "validation"
+
+
+def test_a_run_later_runs_need_trains_again_when_its_directory_is_gone(
+    tmp_path):
+  lines = []
+  study = _runner(tmp_path, lines)
+  pretrain = runner.Run("pretrain", flags=TINY, seeds=(5,),
+                        run_dir_needed=True)
+  experiment = runner.Experiment("exp", "tiny", (pretrain,), seeds=(0, 1))
+  assert experiment.seeds_of(pretrain, asked=(2, 3)) == (5,)
+  assert experiment.seeds_of(runner.Run("x"), asked=(2,)) == (2,)
+  first = study.run_experiment(experiment)
+  assert [r["seed"] for r in first] == [5]
+  logdir = tmp_path / "runs" / "exp" / "pretrain" / "seed-5"
+  assert study.run_experiment(experiment) == first     # kept: skipped
+  shutil.rmtree(logdir)                                # a fresh clone
+  again = study.run_experiment(experiment)
+  assert (logdir / "config.json").exists()
+  assert again[0]["finished"] >= first[0]["finished"]
+  assert any("need its run directory, which is gone" in l for l in lines)

@@ -1,0 +1,77 @@
+"""Experiment 5: where CFAL's prototypes end up, and what moves them.
+
+CFAL with train.py's defaults (sigma 130, margin 0.75, gamma 2,
+effective-number weights with beta 0.9999, the head at the backbone's
+learning rate) on ratio-100 long-tailed Fashion-MNIST with experiment 3's
+budget, then one change at a time: the head's learning rate (10x, 100x),
+sigma (30, 1000) and the margin (0.25, 1.5). Three seeds each. Besides the
+long-tail metrics, eval.py's `prototypes` section says where the
+prototypes sit relative to the mean of their class's test embeddings.
+"""
+
+from studies.runner import Experiment, Run
+
+FLAGFILES = ("flags/fashion_mnist_lt/common.flags",
+             "studies/long_tail/common.flags")
+# name -> the one flag changed from the defaults.
+CHANGES = {
+    "defaults": {},
+    "head_lr_10x": {"head_learning_rate": 1e-2},
+    "head_lr_100x": {"head_learning_rate": 1e-1},
+    "sigma_30": {"sigma": 30.0},
+    "sigma_1000": {"sigma": 1000.0},
+    "margin_0.25": {"margin": 0.25},
+    "margin_1.5": {"margin": 1.5},
+}
+
+EXPERIMENT = Experiment(
+    name="cfal_diagnosis",
+    title="Diagnosing CFAL: head learning rate, sigma and margin",
+    runs=tuple(Run(name, FLAGFILES, flags={"head": "cfal", **change},
+                   keep=("embeddings.png",))
+               for name, change in CHANGES.items()),
+)
+
+
+def _prototype(key: str):
+  return lambda report: report.get("prototypes", {}).get(key, float("nan"))
+
+
+def section(runs, experiment) -> str:
+  """RESULTS.md's text for this experiment (see studies/results.py)."""
+  # pylint: disable=import-outside-toplevel
+  from studies.tables import mean_sd, minutes, picture, table
+  few = lambda r: r["long_tail"]["groups"]["few"]["recall"]  # noqa: E731
+  rows = []
+  for name, run in runs.items():
+    change = ", ".join(f"{k}={v:g}" for k, v in CHANGES[name].items())
+    rows.append([f"`{name}`", change or "–", str(len(run.seeds)),
+                 mean_sd(run.values("balanced_accuracy")),
+                 mean_sd(run.values(few)),
+                 mean_sd(run.values("embedding.map_at_r")),
+                 mean_sd(run.values(_prototype("fraction_to_mean_median")),
+                         2),
+                 mean_sd(run.values(_prototype("offset_median")), 1),
+                 minutes(sum(run.train_seconds()) / len(run.seeds))])
+  text = [
+      "CFAL from train.py's defaults on ratio-100 long-tailed "
+      "Fashion-MNIST (`flags/fashion_mnist_lt/common.flags` with "
+      "experiment 3's 500 steps and `--head=cfal`), then one change at a "
+      "time. \"Way to mean\" is how far along the direction of its class's "
+      "mean test embedding a prototype sits, as a fraction of that mean's "
+      "norm (median over classes; 1 is at the mean); \"offset\" is the "
+      "prototype's distance from the class mean in class radii.",
+      "",
+      table(["run", "change", "seeds", "balanced accuracy",
+             "few-shot recall", "MAP@R", "way to mean", "offset (radii)",
+             "train time"], rows, right_from=2),
+  ]
+  shown = [n for n in ("defaults", "head_lr_100x") if n in runs]
+  if shown:
+    cells = [f"![{n}]({picture(runs[n].folder / f'seed-{runs[n].seeds[0]}' / 'embeddings.png', f'cfal_diagnosis_{n}.png')})"
+             for n in shown]
+    text += ["", "Test embeddings (PCA) of seed 0, prototypes marked:", "",
+             "| " + " | ".join(f"`{n}`" for n in shown) + " |",
+             "| " + " | ".join("---" for _ in shown) + " |",
+             "| " + " | ".join(cells) + " |"]
+  return "\n".join(text)
