@@ -116,3 +116,24 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> str:
   sd = statistics.stdev(diffs) if len(diffs) > 1 else math.nan
   return (f"{statistics.mean(diffs):+.3f} (sd {sd:.3f}; higher on "
           f"{wins} of {len(diffs)} seeds)")
+
+
+def picture_row(runs: dict[str, Seeded], names: Sequence[str],
+                experiment: str, caption: str,
+                kept: str = "embeddings.png") -> list[str]:
+  """RESULTS.md lines showing each named run's first-seed picture side by
+  side under `caption` ("{seed}" is replaced by that seed); [] if none of
+  the runs has finished."""
+  shown = [n for n in names if n in runs]
+  if not shown:
+    return []
+  cells = []
+  for n in shown:
+    run = runs[n]
+    path = picture(run.folder / f"seed-{run.seeds[0]}" / kept,
+                   f"{experiment}_{n}.png")
+    cells.append(f"![{n}]({path})")
+  return ["", caption.format(seed=runs[shown[0]].seeds[0]), "",
+          "| " + " | ".join(f"`{n}`" for n in shown) + " |",
+          "| " + " | ".join("---" for _ in shown) + " |",
+          "| " + " | ".join(cells) + " |"]

@@ -24,7 +24,7 @@ EXPERIMENT = Experiment(
 def section(runs, experiment) -> str:
   """RESULTS.md's text for this experiment (see studies/results.py)."""
   # pylint: disable=import-outside-toplevel
-  from studies.tables import mean_sd, minutes, picture, table
+  from studies.tables import mean_sd, minutes, picture_row, table
   rows = []
   for name, run in runs.items():
     margin = run.records[run.seeds[0]]["flags"].get("margin", "–")
@@ -54,15 +54,8 @@ def section(runs, experiment) -> str:
              "separation (min)", "MAP@R", "best step", "train time"],
             rows, right_from=1),
   ]
-  pictures = [(n, runs[n]) for n in ("softmax", "arcface_m0.8",
-                                     "arcface_tuned") if n in runs]
-  if pictures:
-    cells = [f"![{n}]({picture(r.folder / f'seed-{r.seeds[0]}' / 'embeddings.png', f'arcface_notebook_{n}.png')})"
-             for n, r in pictures]
-    text += ["", "Test embeddings of seed " f"{pictures[0][1].seeds[0]} on "
-             "the unit sphere, one colour per digit, the class prototypes "
-             "marked:", "",
-             "| " + " | ".join(f"`{n}`" for n, _ in pictures) + " |",
-             "| " + " | ".join("---" for _ in pictures) + " |",
-             "| " + " | ".join(cells) + " |"]
+  text += picture_row(
+      runs, ("softmax", "arcface_m0.8", "arcface_tuned"), "arcface_notebook",
+      "Test embeddings of seed {seed} on the unit sphere, one colour per "
+      "digit, the class prototypes marked:")
   return "\n".join(text)

@@ -16,7 +16,7 @@ EXPERIMENT = Experiment(
 def section(runs, experiment) -> str:
   """RESULTS.md's text for this experiment (see studies/results.py)."""
   # pylint: disable=import-outside-toplevel
-  from studies.tables import mean_sd, minutes, picture, table
+  from studies.tables import mean_sd, minutes, picture_row, table
   rows = [[f"`{name}`", str(len(run.seeds)),
            mean_sd(run.values("accuracy"), 4),
            mean_sd(run.values("embedding.compactness")),
@@ -40,12 +40,7 @@ def section(runs, experiment) -> str:
       table(["run", "seeds", "test accuracy", "compactness",
              "separation (min)", "ratio", "MAP@R", "train time"], rows),
   ]
-  pictures = [(n, r) for n, r in runs.items()]
-  cells = [f"![{n}]({picture(r.folder / f'seed-{r.seeds[0]}' / 'embeddings.png', f'center_loss_{n}.png')})"
-           for n, r in pictures]
-  text += ["", f"Test features of seed {pictures[0][1].seeds[0]}, "
-           "centers (prototypes) marked:", "",
-           "| " + " | ".join(f"`{n}`" for n, _ in pictures) + " |",
-           "| " + " | ".join("---" for _ in pictures) + " |",
-           "| " + " | ".join(cells) + " |"]
+  text += picture_row(
+      runs, list(runs), "center_loss",
+      "Test features of seed {seed}, centers (prototypes) marked:")
   return "\n".join(text)

@@ -40,7 +40,7 @@ def _prototype(key: str):
 def section(runs, experiment) -> str:
   """RESULTS.md's text for this experiment (see studies/results.py)."""
   # pylint: disable=import-outside-toplevel
-  from studies.tables import mean_sd, minutes, picture, table
+  from studies.tables import mean_sd, minutes, picture_row, table
   few = lambda r: r["long_tail"]["groups"]["few"]["recall"]  # noqa: E731
   rows = []
   for name, run in runs.items():
@@ -66,12 +66,7 @@ def section(runs, experiment) -> str:
              "few-shot recall", "MAP@R", "way to mean", "offset (radii)",
              "train time"], rows, right_from=2),
   ]
-  shown = [n for n in ("defaults", "head_lr_100x") if n in runs]
-  if shown:
-    cells = [f"![{n}]({picture(runs[n].folder / f'seed-{runs[n].seeds[0]}' / 'embeddings.png', f'cfal_diagnosis_{n}.png')})"
-             for n in shown]
-    text += ["", "Test embeddings (PCA) of seed 0, prototypes marked:", "",
-             "| " + " | ".join(f"`{n}`" for n in shown) + " |",
-             "| " + " | ".join("---" for _ in shown) + " |",
-             "| " + " | ".join(cells) + " |"]
+  text += picture_row(
+      runs, ("defaults", "head_lr_100x"), "cfal_diagnosis",
+      "Test embeddings (PCA) of seed {seed}, prototypes marked:")
   return "\n".join(text)
