@@ -37,9 +37,12 @@ Reproduce everything with
 or one experiment with `studies/run.py <name>` (`--list` names them,
 `--dry_run` prints the commands). Finished runs are kept in
 `studies/results/` and skipped; a run cut short resumes from its
-checkpoint. On GPUs, add `--gpus=N` (or `--strategy=multi_worker`) through
-the flags of `studies/run.py`'s experiments' flagfiles; nothing else
-changes.
+checkpoint. On GPUs: `.venv/bin/python studies/run.py
+--device_flags=--gpus=4` adds the flag to every train.py and eval.py
+command. The global batch stays the flagfiles' (split across the GPUs), so
+the runs compute the same thing, and results kept from CPU runs still
+count; the study has not been run on GPUs (none could run TensorFlow
+here).
 """
 
 

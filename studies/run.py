@@ -4,6 +4,7 @@
     .venv/bin/python studies/run.py arcface_notebook center_loss
     .venv/bin/python studies/run.py long_tail --only=r100_cfal,r100_softmax --seeds=0
     .venv/bin/python studies/run.py long_tail --dry_run   # the commands only
+    .venv/bin/python studies/run.py --device_flags=--gpus=4  # on 4 GPUs
 
 Each experiment is `studies/<name>/experiment.py` (its runs) with its
 flagfiles beside it. Runs go through train.py and eval.py in subprocesses;
@@ -35,6 +36,9 @@ def main(argv=None) -> int:
                       "(default: the experiment's)")
   parser.add_argument("--dry_run", action="store_true",
                       help="print the commands, run nothing")
+  parser.add_argument("--device_flags", default="", help="train.py/eval.py "
+                      "flags saying where the runs execute, added to every "
+                      "command, e.g. '--gpus=4'")
   args = parser.parse_args(argv)
   known = experiments.names()
   unknown = [n for n in args.experiments if n not in known]
@@ -53,7 +57,8 @@ def main(argv=None) -> int:
   seeds = (None if args.seeds is None else
            [int(s) for s in args.seeds.split(",")])
   only = None if args.only is None else args.only.split(",")
-  study = runner.Runner(dry_run=args.dry_run)
+  study = runner.Runner(dry_run=args.dry_run,
+                        device_flags=tuple(args.device_flags.split()))
   began = time.perf_counter()
   for name in args.experiments or known:
     experiment = experiments.load(name)

@@ -157,6 +157,9 @@ class Runner:
     runs_dir, results_dir: where run directories and kept results go.
     echo: where progress lines go.
     dry_run: print the commands instead of running them.
+    device_flags: train.py/eval.py flags that say where runs execute
+      (`--gpus=4`, `--strategy=multi_worker`, ...), added to every
+      command; a kept result made on other devices still counts.
   """
 
   python: str = sys.executable
@@ -164,6 +167,7 @@ class Runner:
   results_dir: pathlib.Path = RESULTS
   echo: Printer = print
   dry_run: bool = False
+  device_flags: tuple[str, ...] = ()
 
   # -- one experiment -------------------------------------------------------
 
@@ -229,12 +233,13 @@ class Runner:
     return [self.python, "train.py",
             *(f"--flagfile={f}" for f in run.flagfiles),
             *flag_args({**run.flags, **extra}), f"--seed={seed}",
-            f"--logdir={_relative(logdir)}"]
+            f"--logdir={_relative(logdir)}", *self.device_flags]
 
   def eval_command(self, logdir: pathlib.Path, name: str,
                    args: Sequence[str]) -> list[str]:
     return [self.python, "eval.py", f"--logdir={_relative(logdir)}", *args,
-            f"--output_dir={_relative(logdir / 'study-eval' / name)}"]
+            f"--output_dir={_relative(logdir / 'study-eval' / name)}",
+            *self.device_flags]
 
   def execute(self, experiment: str, run: Run, seed: int, *,
               extra: Mapping[str, object] | None = None,
@@ -261,7 +266,8 @@ class Runner:
       done.unlink()
     if done.exists():
       record = json.loads(done.read_text())
-      if record["train_command"][1:] != _shown(train)[1:]:
+      if (_experiment_args(record["train_command"])
+          != _experiment_args(_shown(train))):
         self.echo(f"{label}: kept result was made by another command "
                   f"({' '.join(record['train_command'][1:])}); delete "
                   f"{_relative(results)} to redo it.")
@@ -330,6 +336,15 @@ def _call(command: list[str], log: pathlib.Path, label: str) -> float:
                        f"{seconds:.0f} s; last lines of {_relative(log)}:\n"
                        + "\n".join(tail))
   return seconds
+
+
+# Flags that say where a run executes, not what it computes.
+DEVICE_FLAGS = ("--gpus=", "--cpu_replicas=", "--strategy=")
+
+
+def _experiment_args(command: Sequence[str]) -> list[str]:
+  """A train command without its interpreter and device flags."""
+  return [a for a in command[1:] if not a.startswith(DEVICE_FLAGS)]
 
 
 def _shown(command: list[str]) -> list[str]:

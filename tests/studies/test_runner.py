@@ -116,3 +116,30 @@ def test_a_run_later_runs_need_trains_again_when_its_directory_is_gone(
   assert (logdir / "config.json").exists()
   assert again[0]["finished"] >= first[0]["finished"]
   assert any("need its run directory, which is gone" in l for l in lines)
+
+
+def test_device_flags_go_to_every_command_and_kept_results_still_count(
+    tmp_path):
+  lines = []
+  on_cpu = _runner(tmp_path, lines)
+  on_gpus = runner.Runner(python=sys.executable, runs_dir=tmp_path / "runs",
+                          results_dir=tmp_path / "results", echo=lines.append,
+                          device_flags=("--gpus=4",))
+  run = runner.Run("tiny", flags=TINY)
+  logdir = tmp_path / "runs" / "exp" / "tiny" / "seed-0"
+  train = on_gpus.train_command(run, 0, logdir, {})
+  assert train[-1] == "--gpus=4" and train[:-1] == on_cpu.train_command(
+      run, 0, logdir, {})
+  assert on_gpus.eval_command(logdir, "test", ("--split=test",))[-1] == (
+      "--gpus=4")
+  # A result kept from a CPU run is the same experiment: skipped quietly.
+  kept = tmp_path / "results" / "exp" / "tiny" / "seed-0"
+  kept.mkdir(parents=True)
+  record = {"train_command": runner._shown(on_cpu.train_command(  # pylint: disable=protected-access
+      run, 0, logdir, {}))}
+  (kept / "result.json").write_text(json.dumps(record))
+  assert on_gpus.execute("exp", run, 0) == record and not lines
+  # Another learning rate is not.
+  on_gpus.execute("exp", runner.Run("tiny", flags={**TINY,
+                                                   "learning_rate": 1}), 0)
+  assert len(lines) == 1 and "another command" in lines[0]
