@@ -9,14 +9,16 @@ Embedding-space metrics (NumPy, chunked, no [N, N] matrix):
 `compactness_separation(embeddings, labels)` measures class compactness
 around centroids and centroid separation, and
 `retrieval_metrics(embeddings, labels)` gives leave-one-out precision@1,
-R-precision and MAP@R.
+R-precision and MAP@R; `prototype_geometry(embeddings, labels, prototypes)`
+says where each class prototype sits relative to its class mean.
 """
 
 from cfal.metrics.classification import (ConfusionMatrix,
                                          classification_report,
                                          confusion_matrix_update)
-from cfal.metrics.embedding import compactness_separation, retrieval_metrics
+from cfal.metrics.embedding import (compactness_separation,
+                                    prototype_geometry, retrieval_metrics)
 
 __all__ = ["ConfusionMatrix", "classification_report",
            "compactness_separation", "confusion_matrix_update",
-           "retrieval_metrics"]
+           "prototype_geometry", "retrieval_metrics"]

@@ -1,6 +1,7 @@
-"""Embedding-space metrics: class compactness/separation and retrieval scores.
+"""Embedding-space metrics: class compactness/separation, retrieval scores
+and where the prototypes sit.
 
-Both functions run on the host in NumPy, accumulate in float64 and never
+All run on the host in NumPy and accumulate in float64. The first two never
 build an `[N, N]` matrix: the retrieval scores process `chunk_size` queries
 at a time against all N embeddings, so 70,000 x 512 embeddings need about
 `chunk_size * N * 8` bytes of working memory (~570 MB at the default 1024)
@@ -12,17 +13,22 @@ on top of a float64 copy of the embeddings.
   and MAP@R with every embedding used as a query against all the others,
   defined as in Musgrave, Belongie & Lim, "A Metric Learning Reality Check"
   (ECCV 2020).
+* `prototype_geometry(embeddings, labels, prototypes, metric)`: each
+  prototype's norm, direction and distance relative to the mean of its
+  class's points (`prototype_offsets` does the math in given coordinates,
+  also for the embedding picture's caption).
 
 `metric` is `"euclidean"` (L2 distance) or `"cosine"` (the embeddings are L2
 normalised first; compactness and separation are then angles in radians and
-retrieval ranks by cosine distance `1 - cos`). Every returned number is a
-plain Python `float` or `int`, so the dicts can go straight to JSON.
+retrieval ranks by cosine distance `1 - cos`). The dicts hold plain Python
+`float`s and `int`s (and None for a prototype value that is undefined), so
+they can go straight to JSON.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -399,4 +405,213 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray,
       "num_samples": int(n),
       "num_queries": num_queries,
       "num_queries_skipped": int(n - num_queries),
+  }
+
+
+# ---------------------------------------------------------------------------
+# Where the prototypes sit relative to their classes.
+
+# A prototype with fewer of its class's points than this is not measured.
+MIN_POINTS_PER_PROTOTYPE = 5
+# The per-prototype quantities, in the order reports list them.
+PROTOTYPE_QUANTITIES = ("norm_ratio", "cosine", "fraction_to_mean",
+                        "offset")
+
+
+def prototype_offsets(points: np.ndarray, labels: np.ndarray,
+                      prototypes: np.ndarray,
+                      min_points: int = MIN_POINTS_PER_PROTOTYPE
+                      ) -> dict[str, np.ndarray]:
+  """Where each prototype sits relative to the points it stands for.
+
+  Each point of class c belongs to the nearest (L2) of class c's K
+  prototypes; with one prototype per class, all of them do. For a
+  prototype p whose points have mean mu and class radius r (the RMS
+  distance of those points to mu), with norms and angles taken from the
+  origin of the coordinates given:
+
+  * `norm_ratio` = |p| / |mu|;
+  * `cosine` = p.mu / (|p| |mu|);
+  * `fraction_to_mean` = p.mu / |mu|^2 = norm_ratio * cosine: how far p
+    has come along the way from the origin to mu (0.4: p projects onto
+    the segment 40% of the way out; 1: level with mu);
+  * `offset` = |p - mu| / r: 0 on the mean, above 1 outside the class's
+    typical radius.
+
+  A prototype with fewer than `min_points` points gets NaN everywhere. The
+  others get NaN where a value is undefined: `norm_ratio`, `cosine` and
+  `fraction_to_mean` when mu = 0, `cosine` when p = 0, `offset` when r = 0
+  (all points on one spot), and any value a non-finite prototype makes.
+
+  Args:
+    points: float `[N, k]` finite coordinates (N may be 0).
+    labels: int `[N]` classes, in `[0, C)`.
+    prototypes: float `[C, K, k]` prototypes in the same coordinates.
+    min_points: the fewest points a prototype is measured on.
+
+  Returns:
+    `{"points": int64 [C, K]}` (points assigned to each prototype) and
+    float64 `[C, K]` arrays under each name of `PROTOTYPE_QUANTITIES`.
+  """
+  x = np.asarray(points, dtype=np.float64)
+  y = np.asarray(labels).reshape(-1)
+  protos = np.asarray(prototypes, dtype=np.float64)
+  num_classes, per_class = protos.shape[:2]
+  out = {key: np.full((num_classes, per_class), np.nan)
+         for key in PROTOTYPE_QUANTITIES}
+  out["points"] = np.zeros((num_classes, per_class), np.int64)
+  order = np.argsort(y, kind="stable")
+  bounds = np.searchsorted(y[order], np.arange(num_classes + 1))
+  for c in range(num_classes):
+    pts = x[order[bounds[c]:bounds[c + 1]]]
+    if per_class == 1:
+      nearest = np.zeros(pts.shape[0], np.int64)
+    else:
+      # One prototype at a time: an [n_c, K, D] difference can be large.
+      distances = np.empty((pts.shape[0], per_class))
+      for j in range(per_class):
+        diff = pts - protos[c, j]
+        distances[:, j] = np.einsum("nd,nd->n", diff, diff)
+      distances[~np.isfinite(distances)] = np.inf
+      nearest = np.argmin(distances, axis=1)
+    out["points"][c] = np.bincount(nearest, minlength=per_class)
+    for j in range(per_class):
+      mine = pts[nearest == j]
+      if mine.shape[0] < max(min_points, 1):
+        continue
+      p = protos[c, j]
+      mean = mine.mean(axis=0)
+      radius = math.sqrt(np.mean(np.sum((mine - mean) ** 2, axis=1)))
+      p_norm, m_norm = float(np.linalg.norm(p)), float(np.linalg.norm(mean))
+      dot = float(p @ mean)
+      if radius > 0:
+        out["offset"][c, j] = np.linalg.norm(p - mean) / radius
+      if m_norm > 0:
+        out["norm_ratio"][c, j] = p_norm / m_norm
+        out["fraction_to_mean"][c, j] = dot / (m_norm * m_norm)
+        if p_norm > 0:
+          out["cosine"][c, j] = dot / (p_norm * m_norm)
+  for key in PROTOTYPE_QUANTITIES:
+    out[key][~np.isfinite(out[key])] = np.nan
+  return out
+
+
+def _json_number(value: float) -> float | None:
+  """A float, or None (JSON null) for NaN and inf."""
+  return float(value) if math.isfinite(value) else None
+
+
+def prototype_geometry(embeddings: np.ndarray, labels: np.ndarray,
+                       prototypes: np.ndarray, metric: str = "euclidean",
+                       class_names: Sequence[str] | None = None,
+                       min_points: int = MIN_POINTS_PER_PROTOTYPE) -> dict:
+  """Where a head's prototypes sit relative to their class means.
+
+  The quantities of `prototype_offsets` for every prototype, and their
+  medians, so a report can say e.g. "the prototypes end at 0.4 of the way
+  to their class means" (`fraction_to_mean_median` = 0.4).
+
+  The space: for `"euclidean"` the embedding space itself, origin at 0.
+  For `"cosine"` (heads that only see directions) the L2-normalised
+  embeddings and prototypes, as the embedding picture draws them: the
+  points lie on the unit sphere, a class mean inside it, so a prototype
+  on its class's mean direction has `norm_ratio` = 1 / |mu| >= 1 and
+  `fraction_to_mean` the same; all-zero prototypes stay at 0 there.
+
+  With K prototypes per class (`[C, K, D]`, e.g. sub-centers), each point
+  of class c belongs to the nearest of class c's K prototypes and each
+  prototype is measured on its own points. A prototype with fewer than
+  `min_points` points (e.g. a class absent from `labels`, or an unused
+  sub-center) gets null values and is left out of the medians, as is any
+  value that is undefined (see `prototype_offsets`). Rows of `embeddings`
+  with NaN or inf, and for `"cosine"` all-zero rows, are left out and
+  counted in `num_dropped`.
+
+  Args:
+    embeddings: real `[N, D]` array (N may be 0).
+    labels: `[N]` integer classes in `[0, C)`, indices into `prototypes`.
+    prototypes: `[C, D]` or `[C, K, D]` class prototypes (`head.prototypes`).
+    metric: `"euclidean"` or `"cosine"`, the head's `embedding_metric`.
+    class_names: C names for the `per_class` keys; default the class
+      indices.
+    min_points: the fewest points a prototype is measured on.
+
+  Returns:
+    A JSON-ready dict: `metric`, `space` (what was measured in),
+    `num_classes`, `prototypes_per_class`, `num_samples` (rows used),
+    `num_dropped`, `min_points`, `measured` (prototypes with at least
+    `min_points` points), the medians `norm_ratio_median`,
+    `cosine_median`, `fraction_to_mean_median` and `offset_median` (each
+    over the prototypes where it is defined; None if none is), and
+    `per_class`: `{name: {"count": points of the class, "points",
+    "norm_ratio", "cosine", "fraction_to_mean", "offset"}}`, where the
+    last five are numbers for `[C, D]` prototypes and lists of K for
+    `[C, K, D]`; undefined values are None.
+  """
+  _check_metric(metric)
+  x = np.asarray(embeddings)
+  if x.ndim != 2:
+    raise ValueError(f"`embeddings` must be an [N, D] array, got shape "
+                     f"{x.shape}.")
+  if not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
+    raise TypeError(f"`embeddings` must be real numbers, got dtype {x.dtype}.")
+  x = x.astype(np.float64)
+  protos = np.asarray(prototypes, dtype=np.float64)
+  flat = protos.ndim == 2
+  if flat:
+    protos = protos[:, None, :]
+  if protos.ndim != 3 or protos.shape[0] < 1 or protos.shape[1] < 1 or (
+      protos.shape[-1] != x.shape[1]):
+    raise ValueError(f"`prototypes` must be [C, {x.shape[1]}] or "
+                     f"[C, K, {x.shape[1]}], got shape "
+                     f"{np.shape(prototypes)}.")
+  num_classes, per_class = protos.shape[:2]
+  y = np.asarray(labels).reshape(-1)
+  if y.shape[0] != x.shape[0]:
+    raise ValueError(f"{y.shape[0]} labels for {x.shape[0]} embeddings.")
+  if y.size and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0
+                 or y.max() >= num_classes):
+    raise ValueError(f"`labels` must be integers in [0, {num_classes}), "
+                     f"the rows of `prototypes`.")
+  names = (list(range(num_classes)) if class_names is None
+           else [str(n) for n in class_names])
+  if len(names) != num_classes:
+    raise ValueError(f"{len(names)} class names for {num_classes} "
+                     f"prototype classes.")
+  keep = np.all(np.isfinite(x), axis=1)
+  if metric == "cosine":
+    norms = np.sqrt(np.einsum("nd,nd->n", x, x))
+    keep &= norms > 0
+    x = x / np.where(keep, norms, 1.0)[:, None]
+    p_norms = np.linalg.norm(protos, axis=-1, keepdims=True)
+    protos = protos / np.where(p_norms > 0, p_norms, 1.0)
+  x, y = x[keep], y[keep]
+  values = prototype_offsets(x, y, protos, min_points)
+  counts = np.bincount(y.astype(np.int64), minlength=num_classes)
+
+  def cell(array: np.ndarray, c: int):
+    row = [_json_number(v) if array.dtype.kind == "f" else int(v)
+           for v in array[c]]
+    return row[0] if flat else row
+
+  summary = {}
+  for key in PROTOTYPE_QUANTITIES:
+    defined = values[key][np.isfinite(values[key])]
+    summary[f"{key}_median"] = (float(np.median(defined)) if defined.size
+                                else None)
+  return {
+      "metric": metric,
+      "space": ("embeddings" if metric == "euclidean" else
+                "L2-normalised embeddings and prototypes"),
+      "num_classes": int(num_classes),
+      "prototypes_per_class": int(per_class),
+      "num_samples": int(x.shape[0]),
+      "num_dropped": int(np.sum(~keep)),
+      "min_points": int(min_points),
+      "measured": int(np.sum(values["points"] >= max(min_points, 1))),
+      **summary,
+      "per_class": {
+          name: {"count": int(counts[c]), "points": cell(values["points"], c),
+                 **{key: cell(values[key], c) for key in PROTOTYPE_QUANTITIES}}
+          for c, name in enumerate(names)},
   }

@@ -22,7 +22,8 @@ def evaluation_report(result: Any, *, run: Any, logdir: str, split: str,
                       origin: str, metric: str, step: int | None,
                       progress: Callable[[int, int], None] | None = None,
                       long_tail: dict | None = None,
-                      posthoc: dict | None = None) -> dict:
+                      posthoc: dict | None = None,
+                      prototypes: dict | None = None) -> dict:
   """report.json's content: the run, what was evaluated and every metric.
 
   Args:
@@ -40,6 +41,9 @@ def evaluation_report(result: Any, *, run: Any, logdir: str, split: str,
     posthoc: the post-hoc corrections the scores went through
       (`cfal.heads.posthoc.PostHoc.record`), kept as `report["posthoc"]`
       when there are any.
+    prototypes: `cfal.metrics.embedding.prototype_geometry` of the
+      result's embeddings and the head's prototypes, kept as
+      `report["prototypes"]`.
   """
   report = {
       "run": str(logdir), "split": split, "evaluated": origin,
@@ -61,6 +65,8 @@ def evaluation_report(result: Any, *, run: Any, logdir: str, split: str,
     report["long_tail"] = long_tail
   if posthoc:
     report["posthoc"] = posthoc
+  if prototypes is not None:
+    report["prototypes"] = prototypes
   return report
 
 
@@ -195,6 +201,8 @@ def markdown_report(report: dict) -> str:
   for key, value in report["embedding"].items():
     if isinstance(value, (int, float)):
       lines.append(f"| {key.replace('_', ' ')} | {_fmt(value)} |")
+  if "prototypes" in report:
+    lines += ["", _prototype_line(report["prototypes"])]
   if "long_tail" in report:
     lines += ["", *_long_tail_lines(report["long_tail"])]
   lines += ["", "| class | precision | recall | F1 | support |",
@@ -203,6 +211,18 @@ def markdown_report(report: dict) -> str:
     lines.append(f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | "
                  f"{c['f1']:.4f} | {c['support']} |")
   return "\n".join(lines) + "\n"
+
+
+def _prototype_line(geometry: dict) -> str:
+  """report.md's sentence on where the prototypes sit (medians)."""
+  count = geometry["num_classes"] * geometry["prototypes_per_class"]
+  return (f"Prototypes (in the {geometry['space']}; medians over the "
+          f"{geometry['measured']} of {count} prototypes with at least "
+          f"{geometry['min_points']} points): |p| / |class mean| "
+          f"{_fmt(geometry['norm_ratio_median'])}, cosine to the class mean "
+          f"{_fmt(geometry['cosine_median'])}, fraction of the way to the "
+          f"class mean {_fmt(geometry['fraction_to_mean_median'])}, "
+          f"|p - class mean| {_fmt(geometry['offset_median'])} class radii.")
 
 
 def _long_tail_lines(long_tail: dict) -> list[str]:

@@ -206,13 +206,28 @@ def long_tail_scalars(long_tail: Mapping[str, Any]) -> dict[str, float]:
   return values
 
 
+# The medians of `prototype_geometry` written as `prototypes/<key>`.
+PROTOTYPE_SCALARS = ("norm_ratio_median", "fraction_to_mean_median",
+                     "offset_median")
+
+
+def prototype_scalars(geometry: Mapping[str, Any]) -> dict[str, float]:
+  """`prototypes/norm_ratio_median`, `prototypes/fraction_to_mean_median`
+  and `prototypes/offset_median` of a `prototype_geometry` (medians that
+  are None are left out)."""
+  return {f"prototypes/{key}": geometry[key] for key in PROTOTYPE_SCALARS
+          if geometry.get(key) is not None}
+
+
 def write_evaluation(writer, result: Any, *, step: int, title: str,
                      prototypes: np.ndarray | None, metric: str,
                      projector_dir: str | None = None,
                      projector_name: str = "validation",
                      projector_points: int | None = None,
                      pngs: Mapping[str, bytes] | None = None,
-                     long_tail: Mapping[str, Any] | None = None) -> None:
+                     long_tail: Mapping[str, Any] | None = None,
+                     prototype_geometry: Mapping[str, Any] | None = None
+                     ) -> None:
   """An evaluation's summaries at `step`: the headline scalars, per-class
   recall, the confusion-matrix and embedding pictures, projector files.
 
@@ -235,6 +250,9 @@ def write_evaluation(writer, result: Any, *, step: int, title: str,
     long_tail: `cfal.metrics.long_tail.long_tail_report` of the result,
       written as `long_tail/<group>_recall` and `long_tail/<group>_accuracy`
       (groups many, medium, few; a group without examples writes none).
+    prototype_geometry: `cfal.metrics.embedding.prototype_geometry` of the
+      result and the head's prototypes, written as the scalars of
+      `prototype_scalars`.
   """
   from cfal.viz import plots  # pylint: disable=import-outside-toplevel
   report = result.report
@@ -244,6 +262,8 @@ def write_evaluation(writer, result: Any, *, step: int, title: str,
              if key in report and np.isfinite(report[key])}
   if long_tail is not None:
     scalars.update(long_tail_scalars(long_tail))
+  if prototype_geometry is not None:
+    scalars.update(prototype_scalars(prototype_geometry))
   write_scalars(writer, scalars, step)
   write_per_class(writer, "per_class_recall",
                   [report["per_class"][n]["recall"] for n in class_names],

@@ -6,7 +6,9 @@ SavedModel), runs the split through the one evaluator, and hands the result
 to the report code, which writes `<logdir>/eval/<split>/<weights>/`
 (`ckpt-842`, `best-ckpt-700`, `saved_model-export`): report.json,
 report.md, predictions.npz, the pictures, projector files, and TensorBoard
-summaries at the step of the weights evaluated. The report groups the
+summaries at the step of the weights evaluated. The report says where the
+head's prototypes sit relative to their class means
+(`cfal.metrics.embedding.prototype_geometry`) and groups the
 classes into many-, medium- and few-shot by their training counts
 (`<logdir>/class_counts.json`), and `EvalConfig.logit_adjustment` /
 `tau_normalization` evaluate the model with a post-hoc correction
@@ -26,6 +28,7 @@ import tensorflow as tf
 from cfal.data import datasets, pipeline
 from cfal.errors import UsageError
 from cfal.heads.posthoc import PostHoc
+from cfal.metrics.embedding import prototype_geometry
 from cfal.metrics.long_tail import long_tail_report
 from cfal.report import documents, tensorboard
 from cfal.training import build as build_lib
@@ -130,7 +133,9 @@ def _evaluate(config: EvalConfig, run: TrainConfig, echo: Printer) -> dict:
       metric=metric, step=step, progress=_progress_line(echo),
       long_tail=long_tail_report(counts, result.confusion,
                                  data.class_names),
-      posthoc=posthoc.record())
+      posthoc=posthoc.record(),
+      prototypes=prototype_geometry(result.embeddings, result.labels,
+                                    prototypes, metric, data.class_names))
   out = pathlib.Path(config.output_dir or logdir / "eval" / config.split /
                      output_name(logdir, config, path))
   pngs = documents.write_outputs(out, report, result, prototypes,
@@ -142,7 +147,7 @@ def _evaluate(config: EvalConfig, run: TrainConfig, echo: Printer) -> dict:
       title=documents.figure_title(report), prototypes=prototypes,
       metric=metric, projector_dir=str(out.parent), projector_name=out.name,
       projector_points=PROJECTOR_POINTS, pngs=pngs,
-      long_tail=report["long_tail"])
+      long_tail=report["long_tail"], prototype_geometry=report["prototypes"])
   writer.close()
   echo(documents.summary_table(report))
   pictures = ", ".join(f"{name}.{fmt}" for name in pngs

@@ -19,6 +19,7 @@ import tensorflow as tf
 from cfal.backbones.pretrained import load_pretrained
 from cfal.data import datasets
 from cfal.errors import UsageError
+from cfal.metrics.embedding import prototype_geometry
 from cfal.metrics.long_tail import long_tail_report
 from cfal.report import tensorboard
 from cfal.training import build as build_lib
@@ -136,13 +137,18 @@ def _run(config: TrainConfig, strategy: tf.distribute.Strategy, mode: str,
   counts = data.class_counts
 
   def on_validation(result, step):
+    prototypes = built.head.prototypes.numpy()
+    metric = built.head.embedding_metric
     tensorboard.write_evaluation(
         validation_writer, result, step=step, title=f"{title}, step {step}",
-        prototypes=built.head.prototypes.numpy(),
-        metric=built.head.embedding_metric, projector_dir=str(outdir),
+        prototypes=prototypes, metric=metric, projector_dir=str(outdir),
         projector_name="validation",
         long_tail=long_tail_report(counts, result.confusion,
-                                   data.class_names))
+                                   data.class_names),
+        # On the embeddings the evaluator kept (the first
+        # `projector_points`), as the embedding picture is.
+        prototype_geometry=prototype_geometry(
+            result.embeddings, result.labels, prototypes, metric))
 
   iterator = build_lib.train_iterator(built, start)
   echo(f"Training {config.model.backbone} + {config.model.head} on "

@@ -32,6 +32,7 @@ from matplotlib.textpath import TextPath
 from matplotlib.transforms import Affine2D
 from sklearn.decomposition import PCA
 
+from cfal.metrics.embedding import prototype_offsets
 from cfal.viz.formats import figure_formats
 
 # NumPy arrays, tf.Tensors and tf.Variables (anything `np.asarray` takes).
@@ -49,10 +50,8 @@ MARKER_MANY = (10_000, 4.0, 0.5)
 VECTOR_RASTER_DPI = 200
 # The caption about prototypes away from their classes appears when more
 # than half of the prototypes sit farther than this many class radii from
-# the mean of their points (`prototype_offsets`).
+# the mean of their points (`cfal.metrics.embedding.prototype_offsets`).
 PROTOTYPE_OFFSET_RADII = 1.0
-# A prototype with fewer of its class's points than this is not judged.
-MIN_POINTS_PER_PROTOTYPE = 5
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -349,82 +348,28 @@ def marker_style(num_points: int) -> tuple[float, float]:
   return size, a0 + t * (a1 - a0)
 
 
-def prototype_offsets(points: np.ndarray, labels: np.ndarray,
-                      prototypes: np.ndarray, prototype_classes: np.ndarray,
-                      origin: np.ndarray) -> dict[str, np.ndarray]:
-  """Where each prototype sits relative to the points of its class.
-
-  Each point of class c belongs to the nearest of class c's prototypes
-  (all of them to the one prototype when there is one per class). For a
-  prototype p whose points have mean mu and RMS distance r to mu (the
-  class radius), and o the origin of the embedding space:
-
-  * `offset` = |p - mu| / r: 0 on the class mean, above 1 outside the
-    class's typical radius;
-  * `norm_ratio` = |p - o| / |mu - o|: 0.4 when the prototype is at 0.4
-    of the class mean's distance from the origin;
-  * `cosine` between p - o and mu - o: near 1 when prototype and class
-    mean lie in the same direction from the origin.
-
-  All in the coordinates given, which should be the plotted ones (for a
-  PCA picture: points, prototypes and origin projected by the same PCA).
-  Prototypes with fewer than `MIN_POINTS_PER_PROTOTYPE` points, or with
-  all of them on one spot, get NaN.
-
-  Args:
-    points: `[N, k]` plotted points.
-    labels: `[N]` their classes.
-    prototypes: `[M, k]` plotted prototypes.
-    prototype_classes: `[M]` the class of each prototype.
-    origin: `[k]` the embedding space's origin in these coordinates.
-
-  Returns:
-    `{"offset", "norm_ratio", "cosine"}`, each `[M]`.
-  """
-  num = prototypes.shape[0]
-  out = {key: np.full(num, np.nan) for key in
-         ("offset", "norm_ratio", "cosine")}
-  for c in np.unique(prototype_classes):
-    owned = np.flatnonzero(prototype_classes == c)
-    pts = points[labels == c]
-    if pts.shape[0] < MIN_POINTS_PER_PROTOTYPE:
-      continue
-    distances = np.linalg.norm(
-        pts[:, None, :] - prototypes[owned][None, :, :], axis=-1)
-    nearest = np.argmin(distances, axis=1)
-    for j, k in enumerate(owned):
-      mine = pts[nearest == j]
-      if mine.shape[0] < MIN_POINTS_PER_PROTOTYPE:
-        continue
-      mean = mine.mean(axis=0)
-      radius = math.sqrt(np.mean(np.sum((mine - mean) ** 2, axis=1)))
-      if radius <= 0:
-        continue
-      p, m = prototypes[k] - origin, mean - origin
-      out["offset"][k] = np.linalg.norm(p - m) / radius
-      p_norm, m_norm = np.linalg.norm(p), np.linalg.norm(m)
-      if m_norm > 0:
-        out["norm_ratio"][k] = p_norm / m_norm
-        if p_norm > 0:
-          out["cosine"][k] = float(p @ m) / (p_norm * m_norm)
-  return out
-
-
 def _prototype_caption(points: np.ndarray, labels: np.ndarray,
                        prototypes: np.ndarray,
-                       prototype_classes: np.ndarray,
                        origin: np.ndarray) -> str | None:
   """One line saying where the prototypes sit, if most are off their class.
 
-  Shown when more than half of the judged prototypes (`prototype_offsets`)
-  lie more than `PROTOTYPE_OFFSET_RADII` class radii from the mean of
-  their points. When they are in the direction of their class means (median
-  cosine >= 0.9) at a clearly different norm (median ratio off 1 by 0.2 or
-  more) the line gives the median norm ratio, else the median offset in
-  class radii.
+  Measured in the plotted coordinates by
+  `cfal.metrics.embedding.prototype_offsets`, with norms and angles from
+  `origin` (where the embedding space's 0 is plotted). Shown when more
+  than half of the judged prototypes (those with an offset) lie more than
+  `PROTOTYPE_OFFSET_RADII` class radii from the mean of their points.
+  When they are in the direction of their class means (median cosine >=
+  0.9) at a clearly different norm (median ratio off 1 by 0.2 or more) the
+  line gives the median norm ratio, else the median offset in class radii.
+
+  Args:
+    points: `[N, k]` plotted points.
+    labels: `[N]` their classes in `[0, C)`.
+    prototypes: `[C, K, k]` plotted prototypes.
+    origin: `[k]` the embedding space's origin in these coordinates.
   """
-  offsets = prototype_offsets(points, labels, prototypes, prototype_classes,
-                              origin)
+  offsets = prototype_offsets(points - origin, labels, prototypes - origin)
+  offsets = {key: value.reshape(-1) for key, value in offsets.items()}
   judged = ~np.isnan(offsets["offset"])
   if not judged.any():
     return None
@@ -479,10 +424,12 @@ def embedding_figure(embeddings: ArrayLike, labels: ArrayLike,
   With `metric="euclidean"` and prototypes, a one-line caption under the
   axes says where the prototypes sit when more than half of them are
   farther than `PROTOTYPE_OFFSET_RADII` class radii from the mean of their
-  class's plotted points (`prototype_offsets`, measured in the plotted
-  coordinates: after the PCA for D > 3). Trained CFAL/affinity heads leave
-  the embeddings beyond their prototypes, which otherwise looks like a
-  plotting error; the caption then gives the median |prototype| / |class
+  class's plotted points (`cfal.metrics.embedding.prototype_offsets`,
+  measured in the plotted coordinates: after the PCA for D > 3, so its
+  numbers can differ from those of `prototype_geometry` in report.json,
+  which are measured in the embedding space). Trained CFAL/affinity heads
+  leave the embeddings beyond their prototypes, which otherwise looks like
+  a plotting error; the caption then gives the median |prototype| / |class
   mean| (norms from the embedding space's origin).
 
   Args:
@@ -632,7 +579,8 @@ def embedding_figure(embeddings: ArrayLike, labels: ArrayLike,
     ax.grid(True, linewidth=0.3, alpha=0.5)
   ax.set_title(f"{view}, {shown}", fontsize=10)
   if protos is not None and metric == "euclidean":
-    caption = _prototype_caption(points, y, protos, proto_classes, origin)
+    caption = _prototype_caption(
+        points, y, protos.reshape(num_classes, -1, protos.shape[-1]), origin)
     if caption:
       fig.supxlabel(caption, fontsize=8.5, color="0.2")
   fig.legend(handles=_legend_handles(names, colors, protos is not None),

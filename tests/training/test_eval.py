@@ -66,6 +66,48 @@ def test_evaluation_writes_every_output(runs):
   assert list(out.glob("events.out.tfevents.*"))
   printed = "\n".join(lines)
   assert "balanced acc." in printed and "Ankle boot" in printed
+  _check_prototype_section(out, runs["arcface"] / "checkpoints" / "ckpt-20")
+
+
+def _checkpoint_prototypes(path: pathlib.Path) -> np.ndarray:
+  """The head's prototypes as the checkpoint at `path` stores them."""
+  reader = tf.train.load_checkpoint(str(path))
+  key = next(k for k in reader.get_variable_to_shape_map()
+             if k.startswith("head/") and "prototypes" in k
+             and "OPTIMIZER" not in k)
+  return reader.get_tensor(key).astype(np.float64)
+
+
+def _check_prototype_section(out: pathlib.Path, checkpoint: pathlib.Path):
+  """report.json's `prototypes` against predictions.npz's embeddings and
+  the checkpoint's [C, D] prototypes, computed here class by class."""
+  saved = json.loads((out / "report.json").read_text())
+  geometry = saved["prototypes"]
+  npz = np.load(out / "predictions.npz")
+  x = npz["embeddings"].astype(np.float64)
+  prototypes = _checkpoint_prototypes(checkpoint)
+  if saved["embedding_metric"] == "cosine":
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    prototypes /= np.linalg.norm(prototypes, axis=1, keepdims=True)
+  assert geometry["prototypes_per_class"] == 1
+  assert geometry["num_samples"] == len(x)
+  fractions = []
+  for c, name in enumerate(saved["per_class"]):
+    mine = x[npz["labels"] == c]
+    mean, p = mine.mean(0), prototypes[c]
+    radius = np.sqrt(np.mean(np.sum((mine - mean) ** 2, 1)))
+    row = geometry["per_class"][name]
+    assert row["count"] == row["points"] == len(mine)
+    assert row["norm_ratio"] == pytest.approx(
+        np.linalg.norm(p) / np.linalg.norm(mean), rel=1e-6)
+    assert row["fraction_to_mean"] == pytest.approx(
+        p @ mean / (mean @ mean), rel=1e-6, abs=1e-9)
+    assert row["offset"] == pytest.approx(
+        np.linalg.norm(p - mean) / radius, rel=1e-6)
+    fractions.append(p @ mean / (mean @ mean))
+  assert geometry["fraction_to_mean_median"] == pytest.approx(
+      np.median(fractions), rel=1e-6, abs=1e-9)
+  assert "Prototypes (in the " in (out / "report.md").read_text()
 
 
 def test_pictures_in_every_format_asked_for(runs, tmp_path):
@@ -100,6 +142,11 @@ def test_saved_model_gives_the_checkpoints_predictions(runs, tmp_path):
                              atol=1e-6)
   assert from_export["embedding_metric"] == "euclidean"
   assert from_checkpoint["accuracy"] == from_export["accuracy"]
+  # The SavedModel's head carries the prototypes the report measures.
+  for key in ("norm_ratio_median", "fraction_to_mean_median",
+              "offset_median"):
+    assert from_export["prototypes"][key] == pytest.approx(
+        from_checkpoint["prototypes"][key], rel=1e-4)
 
 
 def test_compare_tabulates_runs(runs):
@@ -210,6 +257,15 @@ def test_eval_summaries_are_written_at_the_checkpoints_step(runs):
     assert steps.get(tag) == {20}, (tag, steps.get(tag))
   saved = json.loads((out / "report.json").read_text())
   assert saved["step"] == 20
+  _check_prototype_section(out, runs["cfal"] / "checkpoints" / "ckpt-20")
+  scalars = _event_scalars(out)
+  for key in ("norm_ratio_median", "fraction_to_mean_median",
+              "offset_median"):
+    assert scalars[f"prototypes/{key}"] == {
+        20: pytest.approx(saved["prototypes"][key], rel=1e-6)}
+  # Validation during training writes them too.
+  assert "prototypes/fraction_to_mean_median" in _event_scalars(
+      runs["cfal"] / "validation")
 
 
 def test_folder_runs_refuse_the_test_split_before_reading_the_folder(

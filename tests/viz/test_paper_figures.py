@@ -188,21 +188,6 @@ def test_multi_center_prototypes_on_their_sub_clusters_get_no_caption():
   fig.clear()
 
 
-def test_prototype_offsets_measure_in_the_given_coordinates():
-  x, y, means = _cfal_like(3000, dim=2)
-  classes = np.arange(10)
-  on = plots.prototype_offsets(x, y, means, classes, np.zeros(2))
-  assert np.all(on["offset"] < 0.2)
-  np.testing.assert_allclose(on["norm_ratio"], 1.0, atol=0.05)
-  inward = plots.prototype_offsets(x, y, 0.4 * means, classes, np.zeros(2))
-  np.testing.assert_allclose(inward["norm_ratio"], 0.4, atol=0.02)
-  np.testing.assert_allclose(inward["cosine"], 1.0, atol=1e-3)
-  assert np.all(inward["offset"] > 2.0)
-  # A class with too few points is not judged.
-  few = plots.prototype_offsets(x[:12], y[:12], means, classes, np.zeros(2))
-  assert np.all(np.isnan(few["offset"]))
-
-
 def test_caption_when_prototypes_sit_beyond_their_class_means():
   x, y, means = _cfal_like(2000, dim=16)
   fig = embedding_figure(x, y, None, "", prototypes=2.5 * means)
