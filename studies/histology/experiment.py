@@ -263,16 +263,16 @@ def section(runs, experiment) -> str:  # pylint: disable=redefined-outer-name
   record = first.records[first.seeds[0]]
   flags = record["flags"]
   counts = first.reports[first.seeds[0]]["long_tail"]["class_counts"]
-  split = (f"whole groups (`--group_by={flags['group_by']}`) held out"
+  split = (f"held out by whole groups (`--group_by={flags['group_by']}`)"
            if flags.get("group_by") else
-           "a tenth of each class held out by tile (no slide ids: "
-           "tiles of one slide on both sides, so the validation score is "
-           "optimistic; it only picks hyper-parameters)")
+           "held out tile by tile (the file names carry no slide id: "
+           "tiles of one slide are on both sides, so validation scores "
+           "are optimistic; they only pick hyper-parameters)")
   text = [
       f"Training tiles `{flags['dataset']}`, made long-tailed with "
       f"`--imbalance_ratio={flags['imbalance_ratio']}` (class c keeps "
       f"`n_max * R^(-c/(C-1))`, capped at what it has) after the "
-      f"validation split, {split}. Training tiles per class: "
+      f"validation split was {split}. Training tiles per class: "
       + ", ".join(f"{name} {int(n):,}" for name, n in counts.items())
       + f". Test set `{flags['test_dataset']}`, other patients. Every head "
       f"trains the same network for the same {flags['train_steps']} "
