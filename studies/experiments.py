@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+import sys
 import types
 
 from studies.runner import Experiment
@@ -25,6 +26,9 @@ def module(name: str) -> types.ModuleType:
   path = HERE / name / "experiment.py"
   spec = importlib.util.spec_from_file_location(f"studies.{name}", path)
   loaded = importlib.util.module_from_spec(spec)
+  # Registered before it runs, as an import would (dataclasses look their
+  # module up there); each call loads the file afresh.
+  sys.modules[spec.name] = loaded
   spec.loader.exec_module(loaded)
   return loaded
 

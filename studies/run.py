@@ -5,10 +5,13 @@
     .venv/bin/python studies/run.py long_tail --only=r100_cfal,r100_softmax --seeds=0
     .venv/bin/python studies/run.py long_tail --dry_run   # the commands only
     .venv/bin/python studies/run.py --device_flags=--gpus=4  # on 4 GPUs
+    .venv/bin/python studies/run.py histology  # data: studies/histology/
 
 Each experiment is `studies/<name>/experiment.py` (its runs) with its
 flagfiles beside it. Runs go through train.py and eval.py in subprocesses;
-`studies/runner.py` says what is kept where. Stop it at any moment: the next
+`studies/runner.py` says what is kept where. An experiment whose data is
+missing (histology) says where to put it: named, nothing runs; in a run of
+every experiment, it is skipped. Stop it at any moment: the next
 start skips what finished and resumes the run that was cut short. Then
 `.venv/bin/python studies/results.py` writes RESULTS.md.
 """
@@ -19,6 +22,7 @@ import argparse
 import pathlib
 import sys
 import time
+from typing import Sequence
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from studies import experiments, runner  # noqa: E402
@@ -57,11 +61,17 @@ def main(argv=None) -> int:
   seeds = (None if args.seeds is None else
            [int(s) for s in args.seeds.split(",")])
   only = None if args.only is None else args.only.split(",")
+  try:
+    ready = runnable(args.experiments or known,
+                     explicit=bool(args.experiments), dry_run=args.dry_run)
+  except runner.Unavailable as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
   study = runner.Runner(dry_run=args.dry_run,
                         device_flags=tuple(args.device_flags.split()))
   began = time.perf_counter()
-  for name in args.experiments or known:
-    experiment = experiments.load(name)
+  for experiment in ready:
+    name = experiment.name
     if only:
       missing = [o for o in only if o not in
                  {r.name for r in experiment.runs}]
@@ -76,6 +86,29 @@ def main(argv=None) -> int:
   print(f"Study finished in {time.perf_counter() - began:.0f} s; "
         f"now: .venv/bin/python studies/results.py")
   return 0
+
+
+def runnable(names: Sequence[str], *, explicit: bool,
+             dry_run: bool = False) -> list[runner.Experiment]:
+  """The experiments of `names` that can run here, checked before any of
+  them starts: one that cannot (its data is missing) stops everything
+  when the user named it, and is skipped with a line saying so when the
+  whole study runs. A dry run checks nothing (the runner notes it).
+
+  Raises:
+    runner.Unavailable: a named experiment cannot run; one line.
+  """
+  ready = []
+  for name in names:
+    experiment = experiments.load(name)
+    problem = None if dry_run else experiment.problem()
+    if problem is None:
+      ready.append(experiment)
+    elif explicit:
+      raise runner.Unavailable(f"{name}: {problem}")
+    else:
+      print(f"skipping {name}: {problem}", file=sys.stderr)
+  return ready
 
 
 if __name__ == "__main__":

@@ -107,14 +107,30 @@ class Run:
   run_dir_needed: bool = False
 
 
+class Unavailable(RuntimeError):
+  """An experiment cannot run on this machine (its data is missing); the
+  message is one line saying what to do."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-  """A named list of runs, each trained with every seed."""
+  """A named list of runs, each trained with every seed.
+
+  Attributes:
+    check: called before anything runs; returns None when the experiment
+      can run here, else one line saying what is missing and how to
+      provide it (data the user downloads, for instance).
+  """
 
   name: str
   title: str
   runs: tuple[Run, ...]
   seeds: tuple[int, ...] = (0, 1, 2)
+  check: Callable[[], str | None] | None = None
+
+  def problem(self) -> str | None:
+    """None when the experiment can run here, else what to do (one line)."""
+    return self.check() if self.check is not None else None
 
   def seeds_of(self, run: Run,
                asked: Sequence[int] | None = None) -> tuple[int, ...]:
@@ -178,7 +194,16 @@ class Runner:
 
     Returns:
       The `result.json` records of the runs, finished now or before.
+
+    Raises:
+      Unavailable: the experiment cannot run here (checked before any run
+        starts; a dry run only prints the problem).
     """
+    problem = experiment.problem()
+    if problem is not None:
+      if not self.dry_run:
+        raise Unavailable(problem)
+      self.echo(f"note: {problem}")
     records = []
     for run in experiment.runs:
       if only and run.name not in only:

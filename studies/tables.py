@@ -137,3 +137,142 @@ def picture_row(runs: dict[str, Seeded], names: Sequence[str],
           "| " + " | ".join(f"`{n}`" for n in shown) + " |",
           "| " + " | ".join("---" for _ in shown) + " |",
           "| " + " | ".join(cells) + " |"]
+
+
+# -- Long-tail comparisons (experiment 3 and the histology study) -------------
+
+GROUPS = ("many", "medium", "few")
+LONG_TAIL_HEADER = ("head", "seeds", "balanced accuracy", "macro-F1",
+                    "many-shot recall", "medium-shot recall",
+                    "few-shot recall", "MAP@R", "train time")
+
+
+def long_tail_cells(runs: dict[str, Seeded],
+                    rows: Sequence[tuple[str, str, str]]) -> dict[str, dict]:
+  """The finished rows of a long-tail table, with their per-seed values.
+
+  Args:
+    runs: the experiment's kept runs (`load`).
+    rows: (label, run name, evaluation) per row, in table order; rows
+      whose run has no finished seed are left out.
+
+  Returns:
+    label -> {"run": Seeded, "seeds": [...], "rule": the groups' rule,
+    "values": {metric: [one value per seed]}} with the metrics
+    balanced_accuracy, macro_f1, map_at_r and the groups' recalls.
+  """
+  cells = {}
+  for label, name, evaluation in rows:
+    run = runs.get(name)
+    if run is None:
+      continue
+    reports = [run.report(evaluation, s) for s in run.seeds]
+    values = {"balanced_accuracy": [r["balanced_accuracy"] for r in reports],
+              "macro_f1": [r["macro_f1"] for r in reports],
+              "map_at_r": [r["embedding"]["map_at_r"] for r in reports]}
+    for g in GROUPS:
+      values[g] = [r["long_tail"]["groups"][g]["recall"] for r in reports]
+    cells[label] = {"run": run, "seeds": run.seeds, "values": values,
+                    "rule": reports[0]["long_tail"]["rule"]}
+  return cells
+
+
+def long_tail_table(cells: dict[str, dict]) -> str:
+  """Balanced accuracy, macro-F1, recall per shot group, MAP@R and train
+  time of each row, mean ± sd over seeds."""
+  rows = [[label, str(len(c["seeds"])),
+           mean_sd(c["values"]["balanced_accuracy"]),
+           mean_sd(c["values"]["macro_f1"]),
+           *(mean_sd(c["values"][g]) for g in GROUPS),
+           mean_sd(c["values"]["map_at_r"]),
+           minutes(sum(c["run"].train_seconds()) / len(c["seeds"]))]
+          for label, c in cells.items()]
+  return table(LONG_TAIL_HEADER, rows, right_from=1)
+
+
+def tuning_rows(experiment: Experiment, results: pathlib.Path,
+                label: Callable[[str], str] = lambda name: name
+                ) -> list[list[str]]:
+  """Rows of a tuning table: a tuned run's `label(name)` and the
+  validation score of each grid point tried (the chosen one in bold)."""
+  # pylint: disable=import-outside-toplevel
+  from studies.runner import point_name
+  rows = []
+  for run in experiment.runs:
+    if run.grid is None:
+      continue
+    scored = []
+    for point in run.grid.points():
+      path = (results / experiment.name / run.name / "tune" /
+              point_name(point) / f"seed-{run.grid.seed}" / "validation.json")
+      if path.exists():
+        scored.append((json.loads(path.read_text())[run.grid.metric], point))
+    if not scored:
+      continue
+    best = max(scored, key=lambda item: item[0])[1]
+    tried = ", ".join(
+        (f"**{point_name(p)}: {v:.3f}**" if p == best
+         else f"{point_name(p)}: {v:.3f}") for v, p in scored)
+    rows.append([f"`{label(run.name)}`", tried])
+  return rows
+
+
+def group_bars(cells: dict[str, dict], title: str, name: str) -> str:
+  """Grouped bars of many/medium/few-shot recall (mean ± sd over seeds)
+  drawn into docs/<name>; returns its RESULTS.md path."""
+  # pylint: disable=import-outside-toplevel
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+  labels = list(cells)
+  fig, ax = plt.subplots(figsize=(10, 4.2), dpi=100)
+  width = 0.27
+  x = np.arange(len(labels))
+  for i, g in enumerate(GROUPS):
+    means = [np.mean(cells[l]["values"][g]) for l in labels]
+    sds = [np.std(cells[l]["values"][g], ddof=1)
+           if len(cells[l]["seeds"]) > 1 else 0.0 for l in labels]
+    ax.bar(x + (i - 1) * width, means, width, yerr=sds, capsize=2,
+           label=f"{g}-shot classes")
+  ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+  ax.set_ylabel("test recall (mean of the group's classes)")
+  ax.set_ylim(0, 1.12)
+  ax.set_yticks(np.linspace(0, 1, 6))
+  ax.set_title(title, fontsize=10)
+  ax.legend(fontsize=8, loc="upper center", ncol=3)
+  ax.grid(axis="y", alpha=0.3)
+  fig.tight_layout()
+  DOCS.mkdir(exist_ok=True)
+  fig.savefig(DOCS / name)
+  plt.close(fig)
+  return f"docs/{name}"
+
+
+def against_best_baseline(cells: dict[str, dict], where: str,
+                          mine: str = "CFAL") -> list[str]:
+  """Lines comparing row `mine` with the best other row (by its mean) on
+  few-shot recall and balanced accuracy, paired by seed; `where` names
+  the table ("Ratio 100")."""
+  if mine not in cells:
+    return [f"{where}: {mine} has not run yet."]
+  ours = cells[mine]
+  baselines = {l: c for l, c in cells.items() if l != mine
+               and set(c["seeds"]) >= set(ours["seeds"])}
+  if not baselines:
+    return [f"{where}: no baseline has finished the seeds {mine} has."]
+  lines = []
+  for metric, what in (("few", "few-shot recall"),
+                       ("balanced_accuracy", "balanced accuracy")):
+    best = max(baselines, key=lambda l: statistics.mean(
+        baselines[l]["values"][metric]))
+    values = ours["values"][metric]
+    theirs = [baselines[best]["values"][metric][baselines[best]["seeds"]
+                                                .index(s)]
+              for s in ours["seeds"]]
+    lines.append(
+        f"- {where}, {what}: the best baseline by its mean is "
+        f"{best} ({statistics.mean(theirs):.3f}); {mine} "
+        f"{statistics.mean(values):.3f}. {mine} minus {best}, paired by "
+        f"seed: {paired_difference(values, theirs)}.")
+  return lines

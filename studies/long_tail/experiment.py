@@ -77,126 +77,12 @@ ROWS = (("softmax", "softmax", "test"),
         ("center loss", "center_loss", "test"),
         ("affinity", "affinity", "test"),
         ("CFAL", "cfal", "test"))
-GROUPS = ("many", "medium", "few")
-
-
-def _group(group: str):
-  return lambda report: report["long_tail"]["groups"][group]["recall"]
-
-
-def _cells(runs, ratio):
-  """label -> {metric: [per-seed values]}, seeds, for the finished cells."""
-  cells = {}
-  for label, head, evaluation in ROWS:
-    run = runs.get(f"r{ratio}_{head}")
-    if run is None:
-      continue
-    reports = {s: run.report(evaluation, s) for s in run.seeds}
-    values = {"balanced_accuracy": [reports[s]["balanced_accuracy"]
-                                    for s in run.seeds],
-              "macro_f1": [reports[s]["macro_f1"] for s in run.seeds],
-              "map_at_r": [reports[s]["embedding"]["map_at_r"]
-                           for s in run.seeds]}
-    for g in GROUPS:
-      values[g] = [_group(g)(reports[s]) for s in run.seeds]
-    cells[label] = {"head": head, "run": run, "seeds": run.seeds,
-                    "values": values,
-                    "rule": reports[run.seeds[0]]["long_tail"]["rule"]}
-  return cells
-
-
-def _tuning_rows(experiment, results):
-  """Rows of the tuning table: head, grid, validation score per point."""
-  # pylint: disable=import-outside-toplevel
-  import json
-  from studies.runner import point_name
-  rows = []
-  for run in experiment.runs:
-    if run.grid is None:
-      continue
-    scored = []
-    for point in run.grid.points():
-      path = (results / experiment.name / run.name / "tune" /
-              point_name(point) / f"seed-{run.grid.seed}" / "validation.json")
-      if path.exists():
-        scored.append((json.loads(path.read_text())[run.grid.metric], point))
-    if not scored:
-      continue
-    best = max(scored, key=lambda item: item[0])[1]
-    tried = ", ".join(
-        (f"**{point_name(p)}: {v:.3f}**" if p == best
-         else f"{point_name(p)}: {v:.3f}") for v, p in scored)
-    rows.append([f"`{run.name.split('_', 1)[1]}`", tried])
-  return rows
-
-
-def _picture(cells, ratio):
-  """Grouped bars of many/medium/few-shot recall, mean ± sd over seeds."""
-  # pylint: disable=import-outside-toplevel
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  import numpy as np
-  from studies.tables import DOCS
-  labels = list(cells)
-  fig, ax = plt.subplots(figsize=(10, 4.2), dpi=100)
-  width = 0.27
-  x = np.arange(len(labels))
-  for i, g in enumerate(GROUPS):
-    means = [np.mean(cells[l]["values"][g]) for l in labels]
-    sds = [np.std(cells[l]["values"][g], ddof=1)
-           if len(cells[l]["seeds"]) > 1 else 0.0 for l in labels]
-    ax.bar(x + (i - 1) * width, means, width, yerr=sds, capsize=2,
-           label=f"{g}-shot classes")
-  ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
-  ax.set_ylabel("test recall (mean of the group's classes)")
-  ax.set_ylim(0, 1.12)
-  ax.set_yticks(np.linspace(0, 1, 6))
-  ax.set_title(f"Long-tailed Fashion-MNIST, imbalance ratio {ratio}: recall "
-               f"by class group (mean ± sd over seeds)", fontsize=10)
-  ax.legend(fontsize=8, loc="upper center", ncol=3)
-  ax.grid(axis="y", alpha=0.3)
-  fig.tight_layout()
-  DOCS.mkdir(exist_ok=True)
-  name = f"long_tail_r{ratio}.png"
-  fig.savefig(DOCS / name)
-  plt.close(fig)
-  return f"docs/{name}"
-
-
-def _paired(cells, ratio):
-  """The paired comparison of CFAL against the best baseline."""
-  # pylint: disable=import-outside-toplevel
-  import statistics
-  from studies.tables import paired_difference
-  if "CFAL" not in cells:
-    return [f"Ratio {ratio}: CFAL has not run yet."]
-  cfal = cells["CFAL"]
-  baselines = {l: c for l, c in cells.items() if l != "CFAL"
-               and set(c["seeds"]) >= set(cfal["seeds"])}
-  if not baselines:
-    return [f"Ratio {ratio}: no baseline has finished the seeds CFAL has."]
-  lines = []
-  for metric, what in (("few", "few-shot recall"),
-                       ("balanced_accuracy", "balanced accuracy")):
-    best = max(baselines, key=lambda l: statistics.mean(
-        baselines[l]["values"][metric]))
-    seeds = cfal["seeds"]
-    mine = cfal["values"][metric]
-    theirs = [baselines[best]["values"][metric][baselines[best]["seeds"]
-                                                .index(s)] for s in seeds]
-    lines.append(
-        f"- Ratio {ratio}, {what}: the best baseline by its mean is "
-        f"{best} ({statistics.mean(theirs):.3f}); CFAL "
-        f"{statistics.mean(mine):.3f}. CFAL minus {best}, paired by seed: "
-        f"{paired_difference(mine, theirs)}.")
-  return lines
 
 
 def section(runs, experiment) -> str:
   """RESULTS.md's text for this experiment (see studies/results.py)."""
   # pylint: disable=import-outside-toplevel
-  from studies.tables import mean_sd, minutes, table
+  from studies import tables
   # The kept results the runs were loaded from (<results>/<experiment>/<run>).
   results = next(iter(runs.values())).folder.parents[1]
   text = [
@@ -222,32 +108,28 @@ def section(runs, experiment) -> str:
       "of the cosine heads stays at the recipes' 30, and the other "
       "hyper-parameters at the recipes' values.",
       "",
-      table(["head", "validation balanced accuracy per value"],
-            _tuning_rows(experiment, results), right_from=2),
+      tables.table(["head", "validation balanced accuracy per value"],
+                   tables.tuning_rows(experiment, results,
+                                      lambda name: name.split("_", 1)[1]),
+                   right_from=2),
   ]
   conclusions = []
   for ratio in RATIOS:
-    cells = _cells(runs, ratio)
+    cells = tables.long_tail_cells(
+        runs, [(label, f"r{ratio}_{head}", evaluation)
+               for label, head, evaluation in ROWS])
     if not cells:
       text += ["", f"Ratio {ratio}: not run yet."]
       continue
-    rows = [[label, str(len(c["seeds"])),
-             mean_sd(c["values"]["balanced_accuracy"]),
-             mean_sd(c["values"]["macro_f1"]),
-             *(mean_sd(c["values"][g]) for g in GROUPS),
-             mean_sd(c["values"]["map_at_r"]),
-             minutes(sum(c["run"].train_seconds()) / len(c["seeds"]))]
-            for label, c in cells.items()]
     rule = next(iter(cells.values()))["rule"]
+    picture = tables.group_bars(
+        cells, f"Long-tailed Fashion-MNIST, imbalance ratio {ratio}: recall "
+        f"by class group (mean ± sd over seeds)", f"long_tail_r{ratio}.png")
     text += ["", f"### Imbalance ratio {ratio}", "",
-             table(["head", "seeds", "balanced accuracy", "macro-F1",
-                    "many-shot recall", "medium-shot recall",
-                    "few-shot recall", "MAP@R", "train time"], rows,
-                   right_from=1),
+             tables.long_tail_table(cells),
              "", f"Groups: {rule}.", "",
-             f"![Recall by class group at ratio {ratio}]"
-             f"({_picture(cells, ratio)})"]
-    conclusions += _paired(cells, ratio)
+             f"![Recall by class group at ratio {ratio}]({picture})"]
+    conclusions += tables.against_best_baseline(cells, f"Ratio {ratio}")
   text += ["", "### CFAL against the best baseline", "",
            "Paired by seed (the same seed draws the same split, "
            "subsample and initial weights for every head). The best "
