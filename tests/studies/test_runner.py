@@ -103,7 +103,8 @@ def test_a_run_later_runs_need_trains_again_when_its_directory_is_gone(
   lines = []
   study = _runner(tmp_path, lines)
   pretrain = runner.Run("pretrain", flags=TINY, seeds=(5,),
-                        run_dir_needed=True)
+                        run_dir_needed=True,
+                        evals={"validation": ("--split=validation",)})
   experiment = runner.Experiment("exp", "tiny", (pretrain,), seeds=(0, 1))
   assert experiment.seeds_of(pretrain, asked=(2, 3)) == (5,)
   assert experiment.seeds_of(runner.Run("x"), asked=(2,)) == (2,)
