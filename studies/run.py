@@ -19,6 +19,7 @@ start skips what finished and resumes the run that was cut short. Then
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import pathlib
 import sys
 import time
@@ -35,7 +36,8 @@ def main(argv=None) -> int:
   parser.add_argument("--list", action="store_true",
                       help="list the experiments and their runs")
   parser.add_argument("--only", default=None, help="comma-separated run "
-                      "names of the experiment(s)")
+                      "names or glob patterns ('r100_*') of the "
+                      "experiment(s)")
   parser.add_argument("--seeds", default=None, help="comma-separated seeds "
                       "(default: the experiment's)")
   parser.add_argument("--dry_run", action="store_true",
@@ -73,8 +75,8 @@ def main(argv=None) -> int:
   for experiment in ready:
     name = experiment.name
     if only:
-      missing = [o for o in only if o not in
-                 {r.name for r in experiment.runs}]
+      missing = [o for o in only if not any(
+          fnmatch.fnmatchcase(r.name, o) for r in experiment.runs)]
       if missing and len(args.experiments) == 1:
         parser.error(f"experiment {name} has no run(s) "
                      f"{', '.join(missing)}")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import fnmatch
 import itertools
 import json
 import os
@@ -190,7 +191,8 @@ class Runner:
   def run_experiment(self, experiment: Experiment,
                      seeds: Sequence[int] | None = None,
                      only: Sequence[str] | None = None) -> list[dict]:
-    """Every run of `experiment` (or those named in `only`), every seed.
+    """Every run of `experiment` (or those `only` names: names or glob
+    patterns such as "r100_*"), every seed.
 
     Returns:
       The `result.json` records of the runs, finished now or before.
@@ -206,7 +208,7 @@ class Runner:
       self.echo(f"note: {problem}")
     records = []
     for run in experiment.runs:
-      if only and run.name not in only:
+      if only and not any(fnmatch.fnmatchcase(run.name, o) for o in only):
         continue
       chosen = self.tune(experiment, (experiment.run(run.tuned_like)
                                       if run.tuned_like else run))

@@ -90,11 +90,12 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]],
 
 
 def total_seconds(runs: dict[str, Seeded], experiment: str,
-                  results: pathlib.Path = RESULTS) -> float:
-  """Training + evaluation seconds of every kept run of the experiment,
-  tuning runs included."""
+                  results: pathlib.Path = RESULTS,
+                  pattern: str = "*") -> float:
+  """Training + evaluation seconds of every kept run of the experiment
+  whose name matches `pattern` (a glob), tuning runs included."""
   total = 0.0
-  for path in (results / experiment).rglob("result.json"):
+  for path in (results / experiment).glob(f"{pattern}/**/result.json"):
     record = json.loads(path.read_text())
     total += record["train_seconds"] + sum(record["eval_seconds"].values())
   return total
@@ -172,8 +173,12 @@ def long_tail_cells(runs: dict[str, Seeded],
               "map_at_r": [r["embedding"]["map_at_r"] for r in reports]}
     for g in GROUPS:
       values[g] = [r["long_tail"]["groups"][g]["recall"] for r in reports]
+    for name in reports[0]["per_class"]:
+      values[f"recall:{name}"] = [r["per_class"][name]["recall"]
+                                  for r in reports]
     cells[label] = {"run": run, "seeds": run.seeds, "values": values,
-                    "rule": reports[0]["long_tail"]["rule"]}
+                    "rule": reports[0]["long_tail"]["rule"],
+                    "class_counts": reports[0]["long_tail"]["class_counts"]}
   return cells
 
 
@@ -276,3 +281,48 @@ def against_best_baseline(cells: dict[str, dict], where: str,
         f"{statistics.mean(values):.3f}. {mine} minus {best}, paired by "
         f"seed: {paired_difference(values, theirs)}.")
   return lines
+
+
+def class_recall_table(cells: dict[str, dict],
+                       class_names: Sequence[str]) -> str:
+  """Test recall of the named classes per row, mean ± sd over seeds."""
+  rows = [[label, *(mean_sd(c["values"][f"recall:{n}"]) for n in class_names)]
+          for label, c in cells.items()]
+  counts = next(iter(cells.values()))["class_counts"]
+  return table(["head", *(f"{n} ({counts[n]:,})" for n in class_names)],
+               rows, right_from=1)
+
+
+def verdict(cells: dict[str, dict], where: str, metric: str = "few",
+            what: str = "few-shot recall", mine: str = "CFAL") -> str | None:
+  """One sentence: does `mine` beat the best other row on `metric`, by
+  how much, with what spread over the seeds (None until both ran)."""
+  if mine not in cells:
+    return None
+  ours = cells[mine]
+  baselines = {l: c for l, c in cells.items() if l != mine
+               and set(c["seeds"]) >= set(ours["seeds"])}
+  if not baselines:
+    return None
+  best = max(baselines, key=lambda l: statistics.mean(
+      baselines[l]["values"][metric]))
+  values = ours["values"][metric]
+  theirs = [baselines[best]["values"][metric][baselines[best]["seeds"]
+                                              .index(s)]
+            for s in ours["seeds"]]
+  diffs = [a - b for a, b in zip(values, theirs)]
+  wins, n = sum(d > 0 for d in diffs), len(diffs)
+  if wins == n:
+    answer = f"yes: {mine} is higher on all {n} seeds"
+  elif wins == 0:
+    answer = f"no: {mine} is lower on all {n} seeds" if all(
+        d < 0 for d in diffs) else f"no: {mine} is never higher"
+  else:
+    answer = (f"not consistently: {mine} is higher on {wins} of {n} "
+              f"seeds")
+  spread = (f", sd of the paired differences {statistics.stdev(diffs):.3f}"
+            if n > 1 else "")
+  return (f"{where}, {what}: {answer}. {mine} "
+          f"{mean_sd(values)} against {mean_sd(theirs)} for {best}, the "
+          f"best baseline by its mean; difference "
+          f"{statistics.mean(diffs):+.3f}{spread}.")

@@ -79,6 +79,26 @@ ROWS = (("softmax", "softmax", "test"),
         ("CFAL", "cfal", "test"))
 
 
+SIMILAR = ("T-shirt/top", "Pullover", "Coat", "Shirt")
+
+
+def conclusion(runs, experiment) -> list[str]:
+  """RESULTS.md's conclusion lines from this experiment."""
+  # pylint: disable=import-outside-toplevel
+  from studies import tables
+  lines = []
+  for ratio in RATIOS:
+    cells = tables.long_tail_cells(
+        runs, [(label, f"r{ratio}_{head}", evaluation)
+               for label, head, evaluation in ROWS])
+    for metric, what in (("few", "few-shot recall"),
+                         ("balanced_accuracy", "balanced accuracy")):
+      line = tables.verdict(cells, f"Ratio {ratio}", metric, what)
+      if line:
+        lines.append(f"- {line}")
+  return lines
+
+
 def section(runs, experiment) -> str:
   """RESULTS.md's text for this experiment (see studies/results.py)."""
   # pylint: disable=import-outside-toplevel
@@ -125,10 +145,21 @@ def section(runs, experiment) -> str:
     picture = tables.group_bars(
         cells, f"Long-tailed Fashion-MNIST, imbalance ratio {ratio}: recall "
         f"by class group (mean ± sd over seeds)", f"long_tail_r{ratio}.png")
+    seconds = tables.total_seconds(runs, experiment.name, results,
+                                   f"r{ratio}_*")
     text += ["", f"### Imbalance ratio {ratio}", "",
              tables.long_tail_table(cells),
              "", f"Groups: {rule}.", "",
-             f"![Recall by class group at ratio {ratio}]({picture})"]
+             f"![Recall by class group at ratio {ratio}]({picture})", "",
+             "Recall of the four classes the CFAL paper's \"similar "
+             "texture\" question is about (Fashion-MNIST's confusable "
+             "tops; training images in brackets):", "",
+             tables.class_recall_table(cells, SIMILAR),
+             "", f"Reproduce this table: `.venv/bin/python studies/run.py "
+             f"long_tail --only='r{ratio}_*'` ({seconds / 3600:.1f} h of "
+             f"training and evaluation on 2 CPU cores for the runs kept"
+             + (", tuning included" if ratio == RATIOS[0] else
+                f"; it reuses ratio {RATIOS[0]}'s tuning") + ")."]
     conclusions += tables.against_best_baseline(cells, f"Ratio {ratio}")
   text += ["", "### CFAL against the best baseline", "",
            "Paired by seed (the same seed draws the same split, "

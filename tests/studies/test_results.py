@@ -15,10 +15,14 @@ SEEDS = (0, 1, 2)
 def _report(rng, few: float) -> dict:
   groups = {"many": rng.uniform(0.8, 0.95), "medium": rng.uniform(0.6, 0.8),
             "few": few}
+  tops = ("T-shirt/top", "Pullover", "Coat", "Shirt")
   return {"balanced_accuracy": rng.uniform(0.7, 0.9),
           "macro_f1": rng.uniform(0.7, 0.9),
           "embedding": {"map_at_r": rng.uniform(0.5, 0.8)},
+          "per_class": {n: {"recall": rng.uniform(0.3, 1.0)} for n in tops},
           "long_tail": {"rule": "thirds of the classes by training count",
+                        "class_counts": dict(zip(tops, (5400, 1941, 697,
+                                                        251))),
                         "groups": {g: {"recall": v}
                                    for g, v in groups.items()}}}
 
@@ -70,7 +74,38 @@ def test_long_tail_section_from_kept_results(tmp_path, monkeypatch):
   assert "best baseline by its mean is logit-adjusted loss" in line
   assert (f"{diffs.mean():+.3f} (sd {np.std(diffs, ddof=1):.3f}; higher on "
           f"2 of 3 seeds)") in line
+  assert "| head | T-shirt/top (5,400) | Pullover (1,941) |" in text
+  shirt = [json.loads((results / "long_tail" / "r100_cfal" / f"seed-{s}" /
+                       "test.json").read_text())["per_class"]["Shirt"]
+           ["recall"] for s in SEEDS]
+  assert f"{np.mean(shirt):.3f} ± {np.std(shirt, ddof=1):.3f}" in next(
+      l for l in text.splitlines() if l.startswith("| CFAL |")
+      and "±" in l and l != cfal_row)
+  # The conclusion answers in words, with the numbers.
+  (few_line, _) = module.conclusion(runs, experiment)
+  assert few_line.startswith("- Ratio 100, few-shot recall: not "
+                             "consistently: CFAL is higher on 2 of 3 seeds.")
+  assert f"difference {diffs.mean():+.3f}" in few_line
   assert "**tau=1.0: 0.840**" in text and "tau=0.5: 0.810" in text
   assert "Ratio 10: not run yet." in text
   assert (tmp_path / "docs" / "long_tail_r100.png").read_bytes()[:4] == (
       b"\x89PNG")
+
+
+def _cell(values):
+  return {"seeds": [0, 1, 2], "values": {"few": values}}
+
+
+def test_verdict_says_yes_no_or_not_consistently():
+  best = _cell([0.5, 0.6, 0.7])
+  other = _cell([0.1, 0.2, 0.3])
+  yes = tables.verdict({"CFAL": _cell([0.6, 0.7, 0.8]), "a": best,
+                        "b": other}, "Here")
+  assert yes.startswith("Here, few-shot recall: yes: CFAL is higher on all "
+                        "3 seeds. CFAL 0.700 ± 0.100 against 0.600 ± 0.100 "
+                        "for a")
+  assert "difference +0.100, sd of the paired differences 0.000." in yes
+  no = tables.verdict({"CFAL": _cell([0.4, 0.5, 0.6]), "a": best}, "Here")
+  assert "no: CFAL is lower on all 3 seeds" in no
+  assert tables.verdict({"a": best}, "Here") is None
+  assert tables.verdict({"CFAL": best}, "Here") is None
