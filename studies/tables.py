@@ -254,27 +254,39 @@ def group_bars(cells: dict[str, dict], title: str, name: str) -> str:
   return f"docs/{name}"
 
 
+def paired_with_best(cells: dict[str, dict], metric: str,
+                     mine: str = "CFAL"):
+  """`(best, ours, theirs)`: the other row with the highest mean `metric`
+  among those that ran every seed row `mine` ran, and both rows' values
+  on `mine`'s seeds in the same order; None until both exist."""
+  if mine not in cells:
+    return None
+  ours = cells[mine]
+  baselines = {l: c for l, c in cells.items() if l != mine
+               and set(c["seeds"]) >= set(ours["seeds"])}
+  if not baselines:
+    return None
+  best = max(baselines, key=lambda l: statistics.mean(
+      baselines[l]["values"][metric]))
+  theirs = [baselines[best]["values"][metric][baselines[best]["seeds"]
+                                              .index(s)]
+            for s in ours["seeds"]]
+  return best, ours["values"][metric], theirs
+
+
 def against_best_baseline(cells: dict[str, dict], where: str,
                           mine: str = "CFAL") -> list[str]:
   """Lines comparing row `mine` with the best other row (by its mean) on
   few-shot recall and balanced accuracy, paired by seed; `where` names
   the table ("Ratio 100")."""
-  if mine not in cells:
-    return [f"{where}: {mine} has not run yet."]
-  ours = cells[mine]
-  baselines = {l: c for l, c in cells.items() if l != mine
-               and set(c["seeds"]) >= set(ours["seeds"])}
-  if not baselines:
-    return [f"{where}: no baseline has finished the seeds {mine} has."]
   lines = []
   for metric, what in (("few", "few-shot recall"),
                        ("balanced_accuracy", "balanced accuracy")):
-    best = max(baselines, key=lambda l: statistics.mean(
-        baselines[l]["values"][metric]))
-    values = ours["values"][metric]
-    theirs = [baselines[best]["values"][metric][baselines[best]["seeds"]
-                                                .index(s)]
-              for s in ours["seeds"]]
+    paired = paired_with_best(cells, metric, mine)
+    if paired is None:
+      return [f"{where}: {mine} and a baseline with its seeds have not "
+              f"both run yet."]
+    best, values, theirs = paired
     lines.append(
         f"- {where}, {what}: the best baseline by its mean is "
         f"{best} ({statistics.mean(theirs):.3f}); {mine} "
@@ -297,19 +309,10 @@ def verdict(cells: dict[str, dict], where: str, metric: str = "few",
             what: str = "few-shot recall", mine: str = "CFAL") -> str | None:
   """One sentence: does `mine` beat the best other row on `metric`, by
   how much, with what spread over the seeds (None until both ran)."""
-  if mine not in cells:
+  paired = paired_with_best(cells, metric, mine)
+  if paired is None:
     return None
-  ours = cells[mine]
-  baselines = {l: c for l, c in cells.items() if l != mine
-               and set(c["seeds"]) >= set(ours["seeds"])}
-  if not baselines:
-    return None
-  best = max(baselines, key=lambda l: statistics.mean(
-      baselines[l]["values"][metric]))
-  values = ours["values"][metric]
-  theirs = [baselines[best]["values"][metric][baselines[best]["seeds"]
-                                              .index(s)]
-            for s in ours["seeds"]]
+  best, values, theirs = paired
   diffs = [a - b for a, b in zip(values, theirs)]
   wins, n = sum(d > 0 for d in diffs), len(diffs)
   if wins == n:
