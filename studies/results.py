@@ -37,7 +37,13 @@ Reproduce everything with
 or one experiment with `studies/run.py <name>` (`--list` names them,
 `--dry_run` prints the commands). Finished runs are kept in
 `studies/results/` and skipped; a run cut short resumes from its
-checkpoint. On GPUs: `.venv/bin/python studies/run.py
+checkpoint. The committed results make a rerun skip everything: to redo
+the runs, pass `--results_dir=<an empty folder>` (or delete a run's
+folder under `studies/results/`; its `result.json` holds the exact
+commands). A kept result that no longer matches its command or its
+flagfiles' flags is refused, not reused. A train time marked * belongs to
+a run resumed after an interruption and counts only its last attempt.
+On GPUs: `.venv/bin/python studies/run.py
 --device_flags=--gpus=4` adds the flag to every train.py and eval.py
 command. The global batch stays the flagfiles' (split across the GPUs), so
 the runs compute the same thing, and results kept from CPU runs still
@@ -46,9 +52,11 @@ here).
 """
 
 CAVEATS = """
-What these numbers can and cannot say: three seeds per cell, so a
-difference smaller than about two standard deviations of the paired
-differences is not established. Every head had the same small budget
+What these numbers can and cannot say: with three seeds per cell, a
+verdict rests on the paired t-test's 95% interval of the per-seed
+differences (t = 4.30 with 2 degrees of freedom: the interval is the
+mean ± 2.5 standard deviations of the differences); "not established"
+means it contains 0. Every head had the same small budget
 (500 steps) and a three-point grid on one hyper-parameter; longer
 training or wider tuning may reorder heads that are close. In
 long-tailed Fashion-MNIST the rarest classes (sneaker, bag, ankle boot)
@@ -77,7 +85,7 @@ def main() -> int:
       conclusions += module.conclusion(runs, experiment)
     sections.append(heading + body.strip() + "\n\n" + (
         f"Reproduce: `.venv/bin/python studies/run.py {name}` "
-        f"({tables.minutes(seconds)} of training and evaluation on 2 CPU "
+        f"({tables.duration(seconds)} of training and evaluation on 2 CPU "
         f"cores for the runs kept, tuning included).\n"))
   summary = ""
   if conclusions:

@@ -45,6 +45,11 @@ def main(argv=None) -> int:
   parser.add_argument("--device_flags", default="", help="train.py/eval.py "
                       "flags saying where the runs execute, added to every "
                       "command, e.g. '--gpus=4'")
+  parser.add_argument("--results_dir", default=None, help="keep results "
+                      "here instead of studies/results (e.g. an empty "
+                      "folder, to redo runs whose results are committed)")
+  parser.add_argument("--runs_dir", default=None, help="run directories "
+                      "here instead of studies/runs")
   args = parser.parse_args(argv)
   known = experiments.names()
   unknown = [n for n in args.experiments if n not in known]
@@ -69,8 +74,18 @@ def main(argv=None) -> int:
   except runner.Unavailable as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
+  if only:
+    names = {r.name for e in ready for r in e.runs}
+    nothing = [o for o in only
+               if not any(fnmatch.fnmatchcase(n, o) for n in names)]
+    if nothing:
+      parser.error(f"--only: no run matches {', '.join(nothing)} "
+                   f"(--list names them)")
+  dirs = {k: pathlib.Path(v).resolve() for k, v in
+          (("results_dir", args.results_dir), ("runs_dir", args.runs_dir))
+          if v}
   study = runner.Runner(dry_run=args.dry_run,
-                        device_flags=tuple(args.device_flags.split()))
+                        device_flags=tuple(args.device_flags.split()), **dirs)
   began = time.perf_counter()
   for experiment in ready:
     name = experiment.name

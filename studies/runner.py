@@ -31,12 +31,14 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import fnmatch
+import hashlib
 import itertools
 import json
 import os
 import pathlib
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -111,6 +113,10 @@ class Run:
 class Unavailable(RuntimeError):
   """An experiment cannot run on this machine (its data is missing); the
   message is one line saying what to do."""
+
+
+class StaleResult(RuntimeError):
+  """A kept result does not match what the run would do now."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +214,9 @@ class Runner:
       self.echo(f"note: {problem}")
     records = []
     for run in experiment.runs:
-      if only and not any(fnmatch.fnmatchcase(run.name, o) for o in only):
+      # A run others read (a pre-training) runs whatever `only` picks.
+      if (only and not run.run_dir_needed
+          and not any(fnmatch.fnmatchcase(run.name, o) for o in only)):
         continue
       chosen = self.tune(experiment, (experiment.run(run.tuned_like)
                                       if run.tuned_like else run))
@@ -220,7 +228,8 @@ class Runner:
 
   def tune(self, experiment: Experiment, run: Run) -> dict:
     """The grid point with the best validation metric ({} without a grid);
-    trains the points not trained yet."""
+    trains the points not trained yet. The first of tied points wins. A
+    dry run with points not trained yet gives placeholders."""
     if run.grid is None:
       return {}
     scored = []
@@ -236,8 +245,9 @@ class Runner:
           experiment.name, f"{run.name}/tune/{point_name(point)}",
           run.grid.seed) / "validation.json").read_text())
       scored.append((float(report[run.grid.metric]), point))
-    if not scored:
-      return {}
+    if self.dry_run and len(scored) < len(run.grid.points()):
+      return {name: "<tuned from " + ",".join(str(v) for v in values) + ">"
+              for name, values in run.grid.values.items()}
     best_score, best = max(scored, key=lambda item: item[0])
     self.echo(f"{experiment.name}/{run.name}: tuned on validation "
               f"{run.grid.metric}: {point_name(best)} "
@@ -264,9 +274,11 @@ class Runner:
 
   def eval_command(self, logdir: pathlib.Path, name: str,
                    args: Sequence[str]) -> list[str]:
+    # eval.py runs on the devices train.py did, but takes no --strategy.
+    devices = [f for f in self.device_flags if not f.startswith("--strategy=")]
     return [self.python, "eval.py", f"--logdir={_relative(logdir)}", *args,
             f"--output_dir={_relative(logdir / 'study-eval' / name)}",
-            *self.device_flags]
+            *devices]
 
   def execute(self, experiment: str, run: Run, seed: int, *,
               extra: Mapping[str, object] | None = None,
@@ -278,6 +290,8 @@ class Runner:
 
     Raises:
       RuntimeError: train.py or eval.py failed (their output was shown).
+      StaleResult: the kept result was made by another command or other
+        flagfile contents.
     """
     extra = dict(extra or {})
     folder = folder or run.name
@@ -286,18 +300,26 @@ class Runner:
     results = self._results(experiment, folder, seed)
     train = self.train_command(run, seed, logdir, extra)
     done = results / "result.json"
-    if (done.exists() and run.run_dir_needed
-        and not (logdir / "config.json").exists()):
+    digest = flagfile_digest(train)
+    # A run others read whose directory is gone (a fresh clone) trains again
+    # and its new result replaces the kept one.
+    retrain = (done.exists() and run.run_dir_needed
+               and not (logdir / "config.json").exists())
+    if retrain:
       self.echo(f"{label}: kept, but later runs need its run directory, "
                 f"which is gone: training it again.")
-      done.unlink()
-    if done.exists():
+    if done.exists() and not retrain:
       record = json.loads(done.read_text())
-      if (_experiment_args(record["train_command"])
-          != _experiment_args(_shown(train))):
-        self.echo(f"{label}: kept result was made by another command "
-                  f"({' '.join(record['train_command'][1:])}); delete "
-                  f"{_relative(results)} to redo it.")
+      made = (_experiment_args(record["train_command"])
+              == _experiment_args(_shown(train))
+              and record.get("flagfiles_sha256", digest) == digest)
+      if not made:
+        problem = (f"{label}: the kept result was made by another command "
+                   f"or other flagfile contents ({' '.join(record['train_command'][1:])}); "
+                   f"delete {_relative(results)} to redo it.")
+        if not self.dry_run:
+          raise StaleResult(problem)
+        self.echo(problem)
       return record
     evals = {name: self.eval_command(logdir, name, args)
              for name, args in run.evals.items()}
@@ -324,7 +346,7 @@ class Runner:
       shutil.copyfile(logdir / "study-eval" / first / kept, results / kept)
     record = {
         "experiment": experiment, "run": folder, "seed": seed,
-        "train_command": _shown(train),
+        "train_command": _shown(train), "flagfiles_sha256": digest,
         "eval_commands": {k: _shown(v) for k, v in evals.items()},
         "flags": {**run.flags, **extra},
         "train_seconds": round(train_seconds, 1),
@@ -348,14 +370,25 @@ def machine() -> dict:
 
 
 def _call(command: list[str], log: pathlib.Path, label: str) -> float:
-  """Runs `command` from the repository root, output to `log`; seconds."""
+  """Runs `command` from the repository root, output to `log`; seconds.
+
+  Ctrl-C reaches the child too (it shares the terminal's process group);
+  this waits for it, so train.py can write its interrupt checkpoint,
+  before passing the KeyboardInterrupt on.
+  """
   log.parent.mkdir(parents=True, exist_ok=True)
   began = time.perf_counter()
   with open(log, "a") as out:
     out.write(f"\n$ {' '.join(command)}\n")
     out.flush()
-    code = subprocess.run(command, cwd=ROOT, stdout=out,
-                          stderr=subprocess.STDOUT, check=False).returncode
+    child = subprocess.Popen(command, cwd=ROOT, stdout=out,
+                             stderr=subprocess.STDOUT)
+    try:
+      code = child.wait()
+    except KeyboardInterrupt:
+      child.send_signal(signal.SIGINT)
+      child.wait()
+      raise
   seconds = time.perf_counter() - began
   if code != 0:
     tail = log.read_text().strip().splitlines()[-15:]
@@ -363,6 +396,32 @@ def _call(command: list[str], log: pathlib.Path, label: str) -> float:
                        f"{seconds:.0f} s; last lines of {_relative(log)}:\n"
                        + "\n".join(tail))
   return seconds
+
+
+def flagfile_digest(command: Sequence[str]) -> str:
+  """SHA-256 of the flags in the flagfiles `command` names, and in the
+  flagfiles those include, in the order absl reads them (comments and
+  blank lines left out)."""
+  digest = hashlib.sha256()
+
+  def add(path: str, depth: int = 0) -> None:
+    file = ROOT / path
+    if depth > 10 or not file.is_file():
+      digest.update(f"missing:{path}".encode())
+      return
+    digest.update(path.encode() + b"\0")
+    for line in file.read_text().splitlines():
+      line = line.strip()
+      if not line or line.startswith(("#", "//")):
+        continue            # comments change nothing a run does
+      digest.update(line.encode() + b"\n")
+      if line.startswith("--flagfile="):
+        add(line.split("=", 1)[1], depth + 1)
+
+  for arg in command:
+    if arg.startswith("--flagfile="):
+      add(arg.split("=", 1)[1])
+  return digest.hexdigest()
 
 
 # Flags that say where a run executes, not what it computes.

@@ -39,6 +39,43 @@ class Seeded:
   def train_seconds(self) -> list[float]:
     return [self.records[s]["train_seconds"] for s in self.seeds]
 
+  def train_time(self) -> str:
+    """Mean training time per seed, marked * when a seed was resumed
+    after an interruption (its time counts only the last attempt)."""
+    resumed = any(self.records[s].get("resumed") for s in self.seeds)
+    return (minutes(sum(self.train_seconds()) / len(self.seeds))
+            + ("*" if resumed else ""))
+
+  def flag(self, name: str, seed: int | None = None):
+    """The value train.py got for --name in this run: from the runner's
+    flags, else from its flagfiles (the last one setting it), else None."""
+    record = self.records[self.seeds[0] if seed is None else seed]
+    if name in record["flags"]:
+      return record["flags"][name]
+    value = None
+    for arg in record["train_command"]:
+      if arg.startswith("--flagfile="):
+        found = _flagfile_value(ROOT / arg.split("=", 1)[1], name)
+        value = found if found is not None else value
+      elif arg.startswith(f"--{name}="):
+        value = arg.split("=", 1)[1]
+    return value
+
+
+def _flagfile_value(path: pathlib.Path, name: str, depth: int = 0):
+  """The last value a flagfile (and those it includes) gives --name."""
+  value = None
+  if depth > 10 or not path.is_file():
+    return None
+  for line in path.read_text().splitlines():
+    line = line.strip()
+    if line.startswith("--flagfile="):
+      found = _flagfile_value(ROOT / line.split("=", 1)[1], name, depth + 1)
+      value = found if found is not None else value
+    elif line.startswith(f"--{name}="):
+      value = line.split("=", 1)[1]
+  return value
+
 
 def _lookup(report: dict, key: str):
   value = report
@@ -77,6 +114,13 @@ def mean_sd(values: Sequence[float], digits: int = 3) -> str:
 
 def minutes(seconds: float) -> str:
   return f"{seconds / 60:.1f} min"
+
+
+def duration(seconds: float) -> str:
+  """"38 min" under two hours, else "2.4 h"."""
+  if seconds < 7200:
+    return f"{seconds / 60:.0f} min"
+  return f"{seconds / 3600:.1f} h"
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]],
@@ -190,7 +234,7 @@ def long_tail_table(cells: dict[str, dict]) -> str:
            mean_sd(c["values"]["macro_f1"]),
            *(mean_sd(c["values"][g]) for g in GROUPS),
            mean_sd(c["values"]["map_at_r"]),
-           minutes(sum(c["run"].train_seconds()) / len(c["seeds"]))]
+           c["run"].train_time()]
           for label, c in cells.items()]
   return table(LONG_TAIL_HEADER, rows, right_from=1)
 
@@ -256,9 +300,10 @@ def group_bars(cells: dict[str, dict], title: str, name: str) -> str:
 
 def paired_with_best(cells: dict[str, dict], metric: str,
                      mine: str = "CFAL"):
-  """`(best, ours, theirs)`: the other row with the highest mean `metric`
-  among those that ran every seed row `mine` ran, and both rows' values
-  on `mine`'s seeds in the same order; None until both exist."""
+  """`(best, ours, theirs, eligible)`: the other row with the highest
+  mean `metric` among `eligible`, the rows that ran every seed row `mine`
+  ran (best first, then by mean), and both rows' values on `mine`'s seeds
+  in the same order; None until both exist."""
   if mine not in cells:
     return None
   ours = cells[mine]
@@ -271,7 +316,9 @@ def paired_with_best(cells: dict[str, dict], metric: str,
   theirs = [baselines[best]["values"][metric][baselines[best]["seeds"]
                                               .index(s)]
             for s in ours["seeds"]]
-  return best, ours["values"][metric], theirs
+  eligible = sorted(baselines, key=lambda l: -statistics.mean(
+      baselines[l]["values"][metric]))
+  return best, ours["values"][metric], theirs, eligible
 
 
 def against_best_baseline(cells: dict[str, dict], where: str,
@@ -286,7 +333,7 @@ def against_best_baseline(cells: dict[str, dict], where: str,
     if paired is None:
       return [f"{where}: {mine} and a baseline with its seeds have not "
               f"both run yet."]
-    best, values, theirs = paired
+    best, values, theirs, _ = paired
     lines.append(
         f"- {where}, {what}: the best baseline by its mean is "
         f"{best} ({statistics.mean(theirs):.3f}); {mine} "
@@ -305,27 +352,46 @@ def class_recall_table(cells: dict[str, dict],
                rows, right_from=1)
 
 
+def paired_interval(diffs: Sequence[float], level: float = 0.95):
+  """The paired t-test's two-sided `level` interval for the mean of
+  `diffs` (one difference per seed); None with fewer than two."""
+  # pylint: disable=import-outside-toplevel
+  from scipy import stats
+  n = len(diffs)
+  if n < 2:
+    return None
+  mean = statistics.mean(diffs)
+  half = (stats.t.ppf(0.5 + level / 2, n - 1) * statistics.stdev(diffs)
+          / math.sqrt(n))
+  return mean - half, mean + half
+
+
 def verdict(cells: dict[str, dict], where: str, metric: str = "few",
             what: str = "few-shot recall", mine: str = "CFAL") -> str | None:
-  """One sentence: does `mine` beat the best other row on `metric`, by
-  how much, with what spread over the seeds (None until both ran)."""
+  """One line: does `mine` beat the best other row on `metric`, by how
+  much, with what spread over the seeds (None until both ran). The answer
+  follows the paired t-test's 95% interval of the per-seed differences:
+  yes when it lies above 0, no when below, not established otherwise."""
   paired = paired_with_best(cells, metric, mine)
   if paired is None:
     return None
-  best, values, theirs = paired
+  best, values, theirs, eligible = paired
   diffs = [a - b for a, b in zip(values, theirs)]
-  wins, n = sum(d > 0 for d in diffs), len(diffs)
-  if wins == n:
-    answer = f"yes: {mine} is higher on all {n} seeds"
-  elif wins == 0:
-    answer = f"no: {mine} is lower on all {n} seeds" if all(
-        d < 0 for d in diffs) else f"no: {mine} is never higher"
+  n = len(diffs)
+  interval = paired_interval(diffs)
+  if interval is None:
+    answer, ci = "not established (one seed)", ""
   else:
-    answer = (f"not consistently: {mine} is higher on {wins} of {n} "
-              f"seeds")
-  spread = (f", sd of the paired differences {statistics.stdev(diffs):.3f}"
-            if n > 1 else "")
-  return (f"{where}, {what}: {answer}. {mine} "
-          f"{mean_sd(values)} against {mean_sd(theirs)} for {best}, the "
-          f"best baseline by its mean; difference "
-          f"{statistics.mean(diffs):+.3f}{spread}.")
+    low, high = interval
+    answer = ("yes" if low > 0 else "no, it is lower" if high < 0
+              else "not established")
+    ci = f", 95% interval [{low:+.3f}, {high:+.3f}]"
+  wins = sum(d > 0 for d in diffs)
+  runner_up = (f"; next best {eligible[1]} "
+               f"{statistics.mean(cells[eligible[1]]['values'][metric]):.3f}"
+               if len(eligible) > 1 else "")
+  return (f"{where}, {what}: **{answer}**. {mine} {mean_sd(values)} "
+          f"against {mean_sd(theirs)} for {best}, the best of "
+          f"{len(eligible)} baselines by its mean{runner_up}. Paired "
+          f"difference {statistics.mean(diffs):+.3f}{ci} over {n} seeds "
+          f"({mine} higher on {wins}).")

@@ -16,14 +16,14 @@ EXPERIMENT = Experiment(
 def section(runs, experiment) -> str:
   """RESULTS.md's text for this experiment (see studies/results.py)."""
   # pylint: disable=import-outside-toplevel
-  from studies.tables import mean_sd, minutes, picture_row, table
+  from studies.tables import mean_sd, picture_row, table
   rows = [[f"`{name}`", str(len(run.seeds)),
            mean_sd(run.values("accuracy"), 4),
            mean_sd(run.values("embedding.compactness")),
            mean_sd(run.values("embedding.separation_min")),
            mean_sd(run.values("embedding.ratio")),
            mean_sd(run.values("embedding.map_at_r")),
-           minutes(sum(run.train_seconds()) / len(run.seeds))]
+           run.train_time()]
           for name, run in runs.items()]
   text = [
       "LeNets++ (`--backbone=prelu_cnn`: three stages of two 5x5 PReLU "

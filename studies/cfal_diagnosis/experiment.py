@@ -40,7 +40,7 @@ def _prototype(key: str):
 def section(runs, experiment) -> str:
   """RESULTS.md's text for this experiment (see studies/results.py)."""
   # pylint: disable=import-outside-toplevel
-  from studies.tables import mean_sd, minutes, picture_row, table
+  from studies.tables import mean_sd, picture_row, table
   few = lambda r: r["long_tail"]["groups"]["few"]["recall"]  # noqa: E731
   rows = []
   for name, run in runs.items():
@@ -52,7 +52,7 @@ def section(runs, experiment) -> str:
                  mean_sd(run.values(_prototype("fraction_to_mean_median")),
                          2),
                  mean_sd(run.values(_prototype("offset_median")), 1),
-                 minutes(sum(run.train_seconds()) / len(run.seeds))])
+                 run.train_time()])
   text = [
       "CFAL from train.py's defaults on ratio-100 long-tailed "
       "Fashion-MNIST (`flags/fashion_mnist_lt/common.flags` with "

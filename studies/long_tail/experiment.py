@@ -82,6 +82,22 @@ ROWS = (("softmax", "softmax", "test"),
 SIMILAR = ("T-shirt/top", "Pullover", "Coat", "Shirt")
 
 
+def _sizes(runs) -> str:
+  """"ratio 100: 5,400 down to 54, 13,401 in all; ..." from the training
+  counts the runs recorded."""
+  parts = []
+  for ratio in RATIOS:
+    run = next((r for n, r in runs.items() if n.startswith(f"r{ratio}_")),
+               None)
+    if run is None:
+      continue
+    counts = list(run.reports[run.seeds[0]]["long_tail"]["class_counts"]
+                  .values())
+    parts.append(f"ratio {ratio}: {max(counts):,} down to {min(counts):,}, "
+                 f"{sum(counts):,} in all")
+  return "; ".join(parts)
+
+
 def conclusion(runs, experiment) -> list[str]:
   """RESULTS.md's conclusion lines from this experiment."""
   # pylint: disable=import-outside-toplevel
@@ -91,11 +107,27 @@ def conclusion(runs, experiment) -> list[str]:
     cells = tables.long_tail_cells(
         runs, [(label, f"r{ratio}_{head}", evaluation)
                for label, head, evaluation in ROWS])
-    for metric, what in (("few", "few-shot recall"),
-                         ("balanced_accuracy", "balanced accuracy")):
-      line = tables.verdict(cells, f"Ratio {ratio}", metric, what)
-      if line:
-        lines.append(f"- {line}")
+    verdicts = [tables.verdict(cells, f"Ratio {ratio}", metric, what)
+                for metric, what in (("few", "few-shot recall"),
+                                     ("balanced_accuracy",
+                                      "balanced accuracy"))]
+    if not all(verdicts):
+      lines.append(f"- Ratio {ratio}: CFAL and a baseline have not both "
+                   f"run yet.")
+      continue
+    lines += [f"- {v}" for v in verdicts]
+    cfal = cells["CFAL"]["seeds"]
+    left_out = [l for l, c in cells.items()
+                if not set(c["seeds"]) >= set(cfal)]
+    missing = [label for label, head, _ in ROWS
+               if label not in cells]
+    compared = [l for l in cells if l != "CFAL" and l not in left_out]
+    lines.append(
+        f"  (Compared at ratio {ratio}: {', '.join(compared)}"
+        + (f"; not yet with all of CFAL's seeds: {', '.join(left_out)}"
+           if left_out else "")
+        + (f"; not run yet: {', '.join(missing)}" if missing else "")
+        + ". The best baseline is picked on the test numbers.)")
   return lines
 
 
@@ -108,18 +140,19 @@ def section(runs, experiment) -> str:
   text = [
       "Fashion-MNIST made long-tailed: after a balanced validation split "
       "of 6,000 images is taken out, class c keeps `5400 * R^(-c/9)` "
-      "training images (ratio R = 100: 5,400 down to 54, 13,386 in all; "
-      "R = 10: 5,400 down to 540, 22,074). The test set is the balanced "
+      f"training images ({_sizes(runs)}). The test set is the balanced "
       "10,000. Its shirt, T-shirt, pullover and coat classes are the "
       "\"similar texture\" problem of the CFAL paper. Every head trains "
       "the same backbone (`seed_cnn`, 64-d embedding) for the same 500 "
       "steps of batch 128 (Adam 1e-3, cosine decay, flip augmentation), "
       "starting from its recipe in `flags/fashion_mnist_lt/` with "
       "`studies/long_tail/common.flags`; the last checkpoint is evaluated. "
-      "Class-balanced weights are Cui et al.'s effective number; focal "
-      "and CFAL use them by default. LDAM-DRW re-weights from step 400 "
-      "(beta 0.9999). Post-hoc logit adjustment is the softmax runs "
-      "evaluated again with `eval.py --logit_adjustment=1`.",
+      "Class-balanced weights are Cui et al.'s effective number: focal "
+      "and CFAL use them by default, with their recipes' beta 0.999; "
+      "LDAM-DRW re-weights from step 400 with beta 0.9999. Post-hoc logit "
+      "adjustment is the softmax runs evaluated again with `eval.py "
+      "--logit_adjustment=1`, so its MAP@R and train time are the softmax "
+      "row's.",
       "",
       "Tuning: each head's main hyper-parameter, three values, seed 0, "
       "ratio 100, scored by balanced accuracy on the validation split "
@@ -156,14 +189,14 @@ def section(runs, experiment) -> str:
              "tops; training images in brackets):", "",
              tables.class_recall_table(cells, SIMILAR),
              "", f"Reproduce this table: `.venv/bin/python studies/run.py "
-             f"long_tail --only='r{ratio}_*'` ({seconds / 3600:.1f} h of "
+             f"long_tail --only='r{ratio}_*'` ({tables.duration(seconds)} of "
              f"training and evaluation on 2 CPU cores for the runs kept"
              + (", tuning included" if ratio == RATIOS[0] else
                 f"; it reuses ratio {RATIOS[0]}'s tuning") + ")."]
     conclusions += tables.against_best_baseline(cells, f"Ratio {ratio}")
   text += ["", "### CFAL against the best baseline", "",
            "Paired by seed (the same seed draws the same split, "
-           "subsample and initial weights for every head). The best "
+           "subsample and initial backbone weights for every head). The best "
            "baseline is picked on the test numbers themselves, which "
            "favours the baselines.", "", *conclusions]
   return "\n".join(text)

@@ -54,7 +54,7 @@ def section(runs, experiment) -> str:
                    mean_sd(run.values("macro_f1")),
                    mean_sd(run.values(few)),
                    mean_sd(run.values("embedding.map_at_r")),
-                   minutes(sum(run.train_seconds()) / len(run.seeds))])
+                   run.train_time()])
     both = [runs.get(f"{s}_{head}") for s in ("pretrained", "scratch")]
     if all(both) and both[0].seeds == both[1].seeds:
       gains.append(
@@ -63,19 +63,25 @@ def section(runs, experiment) -> str:
           f"few-shot recall "
           f"{paired_difference(both[0].values(few), both[1].values(few))}.")
   pretrain = runs.get("pretrain")
+  tuned = next((r for n, r in runs.items() if n != "pretrain"), None)
+  subset = (list(tuned.reports[tuned.seeds[0]]["long_tail"]["class_counts"]
+                 .values()) if tuned else None)
   text = [
       "The pre-training: the seed CNN with a softmax head on all 54,000 "
       "balanced training images for 2 epochs (`studies/transfer/"
       "pretrain.flags`, seed 0"
       + (f", {minutes(pretrain.train_seconds()[0])}, test accuracy "
          f"{pretrain.values('accuracy')[0]:.3f}" if pretrain else "")
-      + "). Then each head trains on the ratio-100 subset (13,386 "
-      "images) for experiment 3's 500 steps, starting from that backbone "
+      + "). Then each head trains on the ratio-100 subset"
+      + (f" ({sum(subset):,} images)" if subset else "")
+      + " for experiment 3's 500 steps, starting from that backbone "
       "(`--pretrained=studies/runs/transfer/pretrain/seed-0`, whole "
       "network trained, the head new) or from scratch. Hyper-parameters "
       "are the recipes' (`flags/fashion_mnist_lt/`), not tuned. Caveat: "
-      "the pre-training saw every training image of the subset, with all "
-      "its classes' images, so this measures what a better starting "
+      "the pre-training trained on the balanced split of seed 0, which "
+      "holds every training image of seed 0's subset and about 90% of "
+      "seeds 1 and 2's (the rest sat in seed 0's validation split), with "
+      "all their classes' images; so this measures what a better starting "
       "representation does to each loss, not generalisation to new images "
       "(the test set was seen by neither).",
       "",

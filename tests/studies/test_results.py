@@ -82,10 +82,15 @@ def test_long_tail_section_from_kept_results(tmp_path, monkeypatch):
       l for l in text.splitlines() if l.startswith("| CFAL |")
       and "±" in l and l != cfal_row)
   # The conclusion answers in words, with the numbers.
-  (few_line, _) = module.conclusion(runs, experiment)
-  assert few_line.startswith("- Ratio 100, few-shot recall: not "
-                             "consistently: CFAL is higher on 2 of 3 seeds.")
-  assert f"difference {diffs.mean():+.3f}" in few_line
+  lines = module.conclusion(runs, experiment)
+  few_line = lines[0]
+  assert lines[2].startswith("  (Compared at ratio 100: softmax, softmax + "
+                             "post-hoc LA, logit-adjusted loss; not run yet:")
+  assert lines[3] == "- Ratio 10: CFAL and a baseline have not both run yet."
+  assert few_line.startswith("- Ratio 100, few-shot recall: **not "
+                             "established**.")
+  assert f"difference {diffs.mean():+.3f}, 95% interval [" in few_line
+  assert "(CFAL higher on 2)" in few_line
   assert "**tau=1.0: 0.840**" in text and "tau=0.5: 0.810" in text
   assert "Ratio 10: not run yet." in text
   assert (tmp_path / "docs" / "long_tail_r100.png").read_bytes()[:4] == (
@@ -96,16 +101,24 @@ def _cell(values):
   return {"seeds": [0, 1, 2], "values": {"few": values}}
 
 
-def test_verdict_says_yes_no_or_not_consistently():
+def test_verdict_follows_the_paired_t_interval():
   best = _cell([0.5, 0.6, 0.7])
   other = _cell([0.1, 0.2, 0.3])
-  yes = tables.verdict({"CFAL": _cell([0.6, 0.7, 0.8]), "a": best,
+  # CFAL 0.1 above the best on every seed, differences 0.09, 0.10, 0.11.
+  yes = tables.verdict({"CFAL": _cell([0.59, 0.70, 0.81]), "a": best,
                         "b": other}, "Here")
-  assert yes.startswith("Here, few-shot recall: yes: CFAL is higher on all "
-                        "3 seeds. CFAL 0.700 ± 0.100 against 0.600 ± 0.100 "
-                        "for a")
-  assert "difference +0.100, sd of the paired differences 0.000." in yes
-  no = tables.verdict({"CFAL": _cell([0.4, 0.5, 0.6]), "a": best}, "Here")
-  assert "no: CFAL is lower on all 3 seeds" in no
+  diffs = np.array([0.09, 0.10, 0.11])
+  half = 4.302653 * diffs.std(ddof=1) / np.sqrt(3)   # t(0.975, 2 df)
+  assert yes.startswith("Here, few-shot recall: **yes**. CFAL 0.700 ± "
+                        "0.110 against 0.600 ± 0.100 for a, the best of 2 "
+                        "baselines by its mean; next best b 0.200.")
+  assert (f"Paired difference +0.100, 95% interval [{0.1 - half:+.3f}, "
+          f"{0.1 + half:+.3f}] over 3 seeds (CFAL higher on 3).") in yes
+  no = tables.verdict({"CFAL": _cell([0.41, 0.5, 0.59]), "a": best}, "Here")
+  assert "**no, it is lower**" in no
+  # Higher on every seed, but too spread to say.
+  unsure = tables.verdict({"CFAL": _cell([0.51, 0.61, 1.0]), "a": best},
+                          "Here")
+  assert "**not established**" in unsure and "(CFAL higher on 3)" in unsure
   assert tables.verdict({"a": best}, "Here") is None
   assert tables.verdict({"CFAL": best}, "Here") is None

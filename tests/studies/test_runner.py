@@ -140,7 +140,56 @@ def test_device_flags_go_to_every_command_and_kept_results_still_count(
       run, 0, logdir, {}))}
   (kept / "result.json").write_text(json.dumps(record))
   assert on_gpus.execute("exp", run, 0) == record and not lines
-  # Another learning rate is not.
-  on_gpus.execute("exp", runner.Run("tiny", flags={**TINY,
-                                                   "learning_rate": 1}), 0)
+  # Another learning rate is not: refused, or said on a dry run.
+  other = runner.Run("tiny", flags={**TINY, "learning_rate": 1})
+  with pytest.raises(runner.StaleResult, match="delete .*seed-0 to redo"):
+    on_gpus.execute("exp", other, 0)
+  dry = runner.Runner(python=sys.executable, runs_dir=tmp_path / "runs",
+                      results_dir=tmp_path / "results", echo=lines.append,
+                      dry_run=True)
+  assert dry.execute("exp", other, 0) == record
   assert len(lines) == 1 and "another command" in lines[0]
+
+
+def test_changed_flagfile_contents_make_a_kept_result_stale(tmp_path):
+  flags = tmp_path / "a.flags"
+  inner = tmp_path / "b.flags"
+  inner.write_text("--batch_size=16\n")
+  flags.write_text(f"--flagfile={inner}\n--head=softmax\n")
+  command = ["python", "train.py", f"--flagfile={flags}"]
+  before = runner.flagfile_digest(command)
+  assert runner.flagfile_digest(command) == before
+  flags.write_text(f"# a comment\n--flagfile={inner}\n\n--head=softmax\n")
+  assert runner.flagfile_digest(command) == before
+  inner.write_text("--batch_size=32\n")        # an included file changed
+  assert runner.flagfile_digest(command) != before
+  # Kept with a digest that no longer matches: refused.
+  study = _runner(tmp_path, [])
+  run = runner.Run("tiny", flagfiles=(str(flags),), flags=TINY)
+  logdir = tmp_path / "runs" / "exp" / "tiny" / "seed-0"
+  kept = tmp_path / "results" / "exp" / "tiny" / "seed-0"
+  kept.mkdir(parents=True)
+  (kept / "result.json").write_text(json.dumps({
+      "train_command": runner._shown(study.train_command(run, 0, logdir, {})),  # pylint: disable=protected-access
+      "flagfiles_sha256": before}))
+  with pytest.raises(runner.StaleResult, match="other flagfile contents"):
+    study.execute("exp", run, 0)
+
+
+def test_a_dry_run_keeps_a_pre_trainings_result(tmp_path):
+  lines = []
+  dry = runner.Runner(python=sys.executable, runs_dir=tmp_path / "runs",
+                      results_dir=tmp_path / "results", echo=lines.append,
+                      dry_run=True)
+  pretrain = runner.Run("pretrain", flags=TINY, run_dir_needed=True)
+  later = runner.Run("later", flags=TINY)
+  kept = tmp_path / "results" / "exp" / "pretrain" / "seed-0"
+  kept.mkdir(parents=True)
+  (kept / "result.json").write_text(json.dumps({"train_command": []}))
+  experiment = runner.Experiment("exp", "t", (pretrain, later), seeds=(0,))
+  dry.run_experiment(experiment, only=["later"])
+  assert (kept / "result.json").exists()
+  # The pre-training is part of any selection: its command comes first.
+  assert "gone: training it again" in lines[0]
+  assert "runs/exp/pretrain/seed-0" in lines[1]
+  assert "runs/exp/later/seed-0" in lines[-2]
