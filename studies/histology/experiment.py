@@ -28,7 +28,8 @@ Other locations and data, read from the environment when the module loads:
 * `CFAL_HISTOLOGY_FLAGS`: more train.py flags for every run, e.g.
   `--gpus=4 --batch_size=256`, or `--imbalance_ratio=1` for tiles that
   are long-tailed already. They change the runs' commands, so results
-  kept with other flags are reported, not reused.
+  kept with other flags are refused, not reused: keep each setting's
+  results apart with `studies/run.py --results_dir=...`.
 
 Without the data, `studies/run.py histology` stops at once with one line
 saying where to put it; `studies/run.py` (every experiment) skips this one
