@@ -9,6 +9,7 @@ experiment with no finished run says how to run it. Nothing here trains.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import pathlib
 import sys
@@ -40,7 +41,8 @@ or one experiment with `studies/run.py <name>` (`--list` names them,
 checkpoint. The committed results make a rerun skip everything: to redo
 the runs, pass `--results_dir=<an empty folder>` (or delete a run's
 folder under `studies/results/`; its `result.json` holds the exact
-commands). A kept result that no longer matches its command or its
+commands); `studies/results.py --results_dir=<it> --output=<page>`
+writes the page of such a set. A kept result that no longer matches its command or its
 flagfiles' flags is refused, not reused. A train time marked * belongs to
 a run resumed after an interruption and counts only its last attempt.
 On GPUs: `.venv/bin/python studies/run.py
@@ -67,13 +69,24 @@ speaks to the latter.
 """
 
 
-def main() -> int:
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--results_dir", default=str(tables.RESULTS),
+                      help="the kept results to read (studies/run.py's "
+                      "--results_dir)")
+  parser.add_argument("--output", default=str(ROOT / "RESULTS.md"),
+                      help="the page to write")
+  args = parser.parse_args(argv)
+  results = pathlib.Path(args.results_dir).resolve()
+  output = pathlib.Path(args.output).resolve()
+  # Pictures go beside the page, as its links say (docs/<name>.png).
+  tables.DOCS = output.parent / "docs"
   sections, conclusions, total = [], [], 0.0
   for name in experiments.names():
     module = experiments.module(name)
     experiment = module.EXPERIMENT
-    runs = tables.load(experiment)
-    seconds = tables.total_seconds(runs, name)
+    runs = tables.load(experiment, results=results)
+    seconds = tables.total_seconds(runs, name, results)
     total += seconds
     heading = f"## {experiment.title}\n\n"
     if not runs:
@@ -97,8 +110,9 @@ def main() -> int:
           f"wall time on 2 CPU cores (written "
           f"{datetime.date.today():%Y-%m-%d}).\n\n" + summary
           + "\n".join(sections))
-  (ROOT / "RESULTS.md").write_text(text)
-  print(f"Wrote RESULTS.md ({len(sections)} experiments, "
+  output.parent.mkdir(parents=True, exist_ok=True)
+  output.write_text(text)
+  print(f"Wrote {output} ({len(sections)} experiments, "
         f"{total / 3600:.1f} h of runs).")
   return 0
 
