@@ -122,3 +122,16 @@ def test_verdict_follows_the_paired_t_interval():
   assert "**not established**" in unsure and "(CFAL higher on 3)" in unsure
   assert tables.verdict({"a": best}, "Here") is None
   assert tables.verdict({"CFAL": best}, "Here") is None
+
+
+def test_results_page_of_an_empty_results_folder(tmp_path, monkeypatch):
+  from studies import results  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(tables, "DOCS", tables.DOCS)   # restored afterwards
+  page = tmp_path / "out" / "R.md"
+  assert results.main(["--results_dir", str(tmp_path / "none"),
+                       "--output", str(page)]) == 0
+  text = page.read_text()
+  for name in experiments.names():
+    assert f"Not run yet: `.venv/bin/python studies/run.py {name}`." in text
+  assert "## Conclusion" not in text
+  assert tables.DOCS == page.parent / "docs"
