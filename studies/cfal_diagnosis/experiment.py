@@ -70,3 +70,35 @@ def section(runs, experiment) -> str:
       runs, ("defaults", "head_lr_100x"), "cfal_diagnosis",
       "Test embeddings (PCA) of seed {seed}, prototypes marked:")
   return "\n".join(text)
+
+
+def conclusion(runs, experiment) -> list[str]:
+  """RESULTS.md's conclusion lines: where the default prototypes end, and
+  which change moves them furthest and what it does to accuracy."""
+  # pylint: disable=import-outside-toplevel,unused-argument
+  import statistics
+  from studies.tables import mean_sd, paired_interval
+  base = runs.get("defaults")
+  if base is None:
+    return []
+  way = _prototype("fraction_to_mean_median")
+  lines = [f"- CFAL's diagnosis: with train.py's defaults its prototypes "
+           f"end {mean_sd(base.values(way), 2)} of the way to their class "
+           f"means (median over classes, {len(base.seeds)} seeds)."]
+  for name, run in runs.items():
+    if name == "defaults":
+      continue
+    seeds = [s for s in run.seeds if s in base.seeds]
+    if not seeds:
+      continue
+    diffs = [run.values("balanced_accuracy")[run.seeds.index(s)]
+             - base.values("balanced_accuracy")[base.seeds.index(s)]
+             for s in seeds]
+    interval = paired_interval(diffs)
+    ci = ("" if interval is None else
+          f", 95% interval [{interval[0]:+.3f}, {interval[1]:+.3f}]")
+    lines.append(
+        f"  - {name}: prototypes {mean_sd(run.values(way), 2)} of the way; "
+        f"balanced accuracy {statistics.mean(diffs):+.3f} against the "
+        f"defaults over {len(seeds)} paired seed(s){ci}.")
+  return lines
