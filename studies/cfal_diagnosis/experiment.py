@@ -66,6 +66,20 @@ def section(runs, experiment) -> str:
              "few-shot recall", "MAP@R", "way to mean", "offset (radii)",
              "train time"], rows, right_from=2),
   ]
+  base = runs.get("defaults")
+  same = [n for n, r in runs.items() if base is not None and n != "defaults"
+          and r.seeds == base.seeds
+          and r.values("balanced_accuracy") == base.values("balanced_accuracy")]
+  if same:
+    text += ["", f"{', '.join(f'`{n}`' for n in same)} predicted exactly "
+             "as the defaults on every seed (the same balanced accuracy to "
+             "the last digit, a different loss). That is what the loss "
+             "implies once its hinge never switches off: CFAL's margin term "
+             "is `max(0, margin + d_ij - d_iy)` with affinities d in (0, 1], "
+             "so for margin >= 1 it is always positive and the margin only "
+             "adds a constant, with no effect on any gradient; at the "
+             "default 0.75 the hinge evidently stayed on throughout these "
+             "runs as well."]
   text += picture_row(
       runs, ("defaults", "head_lr_100x"), "cfal_diagnosis",
       "Test embeddings (PCA) of seed {seed}, prototypes marked:")
