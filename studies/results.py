@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     module = experiments.module(name)
     experiment = module.EXPERIMENT
     runs = tables.load(experiment, results=results)
-    seconds = tables.total_seconds(runs, name, results)
+    seconds = tables.total_seconds(name, results)
     total += seconds
     heading = f"## {experiment.title}\n\n"
     if not runs:

@@ -133,8 +133,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]],
   return "\n".join(lines)
 
 
-def total_seconds(runs: dict[str, Seeded], experiment: str,
-                  results: pathlib.Path = RESULTS,
+def total_seconds(experiment: str, results: pathlib.Path = RESULTS,
                   pattern: str = "*") -> float:
   """Training + evaluation seconds of every kept run of the experiment
   whose name matches `pattern` (a glob), tuning runs included."""

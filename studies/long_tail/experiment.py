@@ -178,7 +178,7 @@ def section(runs, experiment) -> str:
     picture = tables.group_bars(
         cells, f"Long-tailed Fashion-MNIST, imbalance ratio {ratio}: recall "
         f"by class group (mean ± sd over seeds)", f"long_tail_r{ratio}.png")
-    seconds = tables.total_seconds(runs, experiment.name, results,
+    seconds = tables.total_seconds(experiment.name, results,
                                    f"r{ratio}_*")
     text += ["", f"### Imbalance ratio {ratio}", "",
              tables.long_tail_table(cells),
