@@ -137,12 +137,12 @@ def test_results_page_of_an_empty_results_folder(tmp_path, monkeypatch):
   assert tables.DOCS == page.parent / "docs"
 
 
-def test_cfal_diagnosis_conclusion_pairs_each_change_with_the_defaults(
+def test_cfal_diagnosis_conclusion_pairs_each_change_with_before(
     tmp_path):
   module = experiments.module("cfal_diagnosis")
   experiment = module.EXPERIMENT
-  accuracy = {"defaults": [0.84, 0.85, 0.86], "sigma_30": [0.86, 0.86, 0.88]}
-  way = {"defaults": [0.45, 0.46, 0.44], "sigma_30": [0.8, 0.82, 0.81]}
+  accuracy = {"before": [0.84, 0.85, 0.86], "sigma_30": [0.86, 0.86, 0.88]}
+  way = {"before": [0.45, 0.46, 0.44], "sigma_30": [0.8, 0.82, 0.81]}
   results = tmp_path / "results"
   for name in accuracy:
     for seed in SEEDS:
@@ -152,12 +152,13 @@ def test_cfal_diagnosis_conclusion_pairs_each_change_with_the_defaults(
                   "prototypes": {"fraction_to_mean_median": way[name][seed]}})
   runs = tables.load(experiment, results=results)
   lines = module.conclusion(runs, experiment)
-  assert lines[0].startswith("- CFAL's diagnosis: with train.py's defaults "
+  assert lines[0].startswith("- CFAL's diagnosis: with cfal's defaults "
+                             "before this study (sigma 130, margin 0.75) "
                              "its prototypes end 0.45 ± 0.01 of the way")
-  diffs = np.subtract(accuracy["sigma_30"], accuracy["defaults"])
+  diffs = np.subtract(accuracy["sigma_30"], accuracy["before"])
   low, high = tables.paired_interval(diffs)
   assert lines[1] == (f"  - sigma_30: prototypes 0.81 ± 0.01 of the way; "
-                      f"balanced accuracy {diffs.mean():+.3f} against the "
-                      f"defaults over 3 paired seed(s), 95% interval "
+                      f"balanced accuracy {diffs.mean():+.3f} against "
+                      f"`before` over 3 paired seed(s), 95% interval "
                       f"[{low:+.3f}, {high:+.3f}].")
   assert len(lines) == 2
