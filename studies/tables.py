@@ -320,27 +320,6 @@ def paired_with_best(cells: dict[str, dict], metric: str,
   return best, ours["values"][metric], theirs, eligible
 
 
-def against_best_baseline(cells: dict[str, dict], where: str,
-                          mine: str = "CFAL") -> list[str]:
-  """Lines comparing row `mine` with the best other row (by its mean) on
-  few-shot recall and balanced accuracy, paired by seed; `where` names
-  the table ("Ratio 100")."""
-  lines = []
-  for metric, what in (("few", "few-shot recall"),
-                       ("balanced_accuracy", "balanced accuracy")):
-    paired = paired_with_best(cells, metric, mine)
-    if paired is None:
-      return [f"{where}: {mine} and a baseline with its seeds have not "
-              f"both run yet."]
-    best, values, theirs, _ = paired
-    lines.append(
-        f"- {where}, {what}: the best baseline by its mean is "
-        f"{best} ({statistics.mean(theirs):.3f}); {mine} "
-        f"{statistics.mean(values):.3f}. {mine} minus {best}, paired by "
-        f"seed: {paired_difference(values, theirs)}.")
-  return lines
-
-
 def class_recall_table(cells: dict[str, dict],
                        class_names: Sequence[str]) -> str:
   """Test recall of the named classes per row, mean ± sd over seeds."""
@@ -394,3 +373,16 @@ def verdict(cells: dict[str, dict], where: str, metric: str = "few",
           f"{len(eligible)} baselines by its mean{runner_up}. Paired "
           f"difference {statistics.mean(diffs):+.3f}{ci} over {n} seeds "
           f"({mine} higher on {wins}).")
+
+
+def verdicts(cells: dict[str, dict], where: str,
+             mine: str = "CFAL") -> list[str]:
+  """`verdict` on few-shot recall and on balanced accuracy, as list items,
+  or one line saying the comparison cannot be made yet."""
+  lines = [verdict(cells, where, metric, what, mine)
+           for metric, what in (("few", "few-shot recall"),
+                                ("balanced_accuracy", "balanced accuracy"))]
+  if not all(lines):
+    return [f"- {where}: {mine} and a baseline with its seeds have not "
+            f"both run yet."]
+  return [f"- {line}" for line in lines]
