@@ -216,6 +216,30 @@ LINEAR_CLASSIFIERS: frozenset[str] = frozenset({
     "center_loss"})
 
 
+# Defaults changed after cfal had recorded runs: head -> option -> (the
+# former default, the default now; the latter must equal the head class's
+# own default). train.py writes the default now into a new run's
+# config.json, and a config.json without the option is read with the
+# former default (`cfal.training.config.TrainConfig.from_json`), so a run
+# resumed or evaluated after a change keeps the value it was trained with.
+CHANGED_DEFAULTS: dict[str, dict[str, tuple[Any, Any]]] = {
+    # RESULTS.md, experiment 5: sigma 30 moves CFAL's prototypes to their
+    # classes (130 is the CFAL authors' value; Affinity keeps it).
+    "cfal": {"sigma": (130.0, 30.0)},
+}
+
+
+def recorded_defaults(name: str) -> dict[str, Any]:
+  """The defaults of head `name` that a run's config.json records even
+  when not given (see `CHANGED_DEFAULTS`)."""
+  return {k: now for k, (_, now) in CHANGED_DEFAULTS.get(name, {}).items()}
+
+
+def former_defaults(name: str) -> dict[str, Any]:
+  """What a config.json of head `name` without these options ran with."""
+  return {k: was for k, (was, _) in CHANGED_DEFAULTS.get(name, {}).items()}
+
+
 def head_spec(name: str) -> Spec:
   """The spec of head `name`.
 

@@ -13,6 +13,7 @@ import pathlib
 from typing import Any, Iterator
 
 from cfal.data.config import DataConfig
+from cfal.heads.registry import former_defaults, recorded_defaults
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -23,8 +24,10 @@ class ModelConfig:
     embedding_dim: embedding size D.
     head: a name in `cfal.heads.HEADS`.
     head_args: head options given explicitly (scale, margin, gamma,
-      class_weighting, ...; see `cfal.heads.registry`); the head's own
-      defaults fill the rest. Class counts come from the data.
+      class_weighting, ...; see `cfal.heads.registry`), and the defaults
+      that have changed since cfal first recorded runs
+      (`cfal.heads.registry.CHANGED_DEFAULTS`); the head's own defaults
+      fill the rest. Class counts come from the data.
     backbone_args: backbone options given explicitly (see
       `cfal.backbones.registry`).
     pretrained: where a new run's backbone weights come from: "imagenet"
@@ -39,6 +42,11 @@ class ModelConfig:
   head_args: dict[str, Any] = dataclasses.field(default_factory=dict)
   backbone_args: dict[str, Any] = dataclasses.field(default_factory=dict)
   pretrained: str | None = None
+
+  def __post_init__(self):
+    # Defaults that have changed are recorded, so a resume keeps them.
+    object.__setattr__(self, "head_args", {
+        **recorded_defaults(self.head), **self.head_args})
 
   def identity(self) -> str:
     """What a checkpoint records so it is never restored into another model
@@ -146,8 +154,12 @@ class TrainConfig:
   @classmethod
   def from_json(cls, text: str) -> "TrainConfig":
     raw = json.loads(text)
+    model = dict(raw["model"])
+    # A run recorded before a default changed ran with the former one.
+    model["head_args"] = {**former_defaults(model.get("head", "")),
+                          **model.get("head_args", {})}
     return cls(data=DataConfig(**raw["data"]),
-               model=ModelConfig(**raw["model"]),
+               model=ModelConfig(**model),
                optimizer=OptimizerConfig(**raw["optimizer"]),
                run=RunConfig(**raw["run"]),
                changes=tuple(raw.get("changes", ())))

@@ -154,8 +154,9 @@ def test_build_head_affinity_focal_is_the_cfal_kind():
                      class_counts=COUNTS, gamma=2.0,
                      class_weighting="effective_number", beta=0.999)
   assert not built.focal.back_propagate
+  # Affinity's default sigma (130) is not CFAL's (30): pass it.
   _same(built, heads.CFAL(num_classes=C, embedding_dim=D, seed=3,
-                          class_counts=COUNTS, beta=0.999))
+                          class_counts=COUNTS, beta=0.999, sigma=130.0))
 
 
 def test_build_head_class_weighting_none_and_explicit():

@@ -161,4 +161,16 @@ def test_cfal_diagnosis_conclusion_pairs_each_change_with_before(
                       f"balanced accuracy {diffs.mean():+.3f} against "
                       f"`before` over 3 paired seed(s), 95% interval "
                       f"[{low:+.3f}, {high:+.3f}].")
-  assert len(lines) == 2
+  assert lines[2] == ("  - cfal's CFAL defaults are now `before` with "
+                      "sigma=30 (the `sigma_30` row).")
+  assert len(lines) == 3
+
+
+def test_cfal_defaults_are_the_diagnosis_chosen_row():
+  import inspect  # pylint: disable=import-outside-toplevel
+  from cfal import heads  # pylint: disable=import-outside-toplevel
+  module = experiments.module("cfal_diagnosis")
+  chosen = {**module.BEFORE, **module.CHANGES[module.CHOSEN]}
+  chosen.pop("head")
+  parameters = inspect.signature(heads.CFAL).parameters
+  assert {k: parameters[k].default for k in chosen} == chosen

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from cfal.errors import UsageError
-from cfal.training.config import TrainConfig
+from cfal.training.config import ModelConfig, TrainConfig
 from cfal.training.run_dir import check_run_dir
 from cfal.training.runner import train
 from support.training import small_config
@@ -134,3 +134,42 @@ def test_a_config_from_before_samplers_loads_as_instance(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(raw))
   assert TrainConfig.load(tmp_path).data.sampler == "instance"
   assert check_run_dir(tmp_path, config).changes == ()
+
+
+def test_a_run_recorded_before_a_default_changed_keeps_its_value(tmp_path):
+  # CFAL's default sigma changed from 130 to 30 (RESULTS.md, experiment 5).
+  # A config.json written before that, without sigma, ran with 130: it is
+  # read so, and resuming it with today's default is a refused change.
+  from cfal.heads.registry import CHANGED_DEFAULTS  # pylint: disable=import-outside-toplevel
+  assert CHANGED_DEFAULTS["cfal"]["sigma"] == (130.0, 30.0)
+  config = TrainConfig(model=ModelConfig(head="cfal"))
+  assert config.model.head_args == {"sigma": 30.0}
+  record = json.loads(config.to_json())
+  assert record["model"]["head_args"] == {"sigma": 30.0}
+  record["model"]["head_args"] = {}     # as cfal wrote it before the change
+  (tmp_path / "config.json").write_text(json.dumps(record))
+  assert TrainConfig.load(tmp_path).model.head_args == {"sigma": 130.0}
+  with pytest.raises(UsageError) as error:
+    check_run_dir(tmp_path, config)
+  assert "head_args.sigma 130.0 -> 30.0" in str(error.value)
+  assert "\n" not in str(error.value)
+  as_trained = _with(config, head_args={"sigma": 130.0})
+  assert check_run_dir(tmp_path, as_trained).changes == ()
+  # Another head's config is read as written.
+  record["model"].update(head="affinity", head_args={})
+  (tmp_path / "config.json").write_text(json.dumps(record))
+  assert TrainConfig.load(tmp_path).model.head_args == {}
+
+
+def test_recorded_defaults_are_the_head_classes_defaults():
+  import inspect  # pylint: disable=import-outside-toplevel
+  from cfal import heads  # pylint: disable=import-outside-toplevel
+  from cfal.heads.registry import HEADS, recorded_defaults  # pylint: disable=import-outside-toplevel
+  for name in HEADS:
+    recorded = recorded_defaults(name)
+    if not recorded:
+      continue
+    parameters = inspect.signature(HEADS[name].load()).parameters
+    for option, value in recorded.items():
+      assert parameters[option].default == value, (name, option)
+  assert inspect.signature(heads.Affinity).parameters["sigma"].default == 130
