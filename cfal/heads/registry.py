@@ -216,12 +216,16 @@ LINEAR_CLASSIFIERS: frozenset[str] = frozenset({
     "center_loss"})
 
 
-# Defaults changed after cfal had recorded runs: head -> option -> (the
-# former default, the default now; the latter must equal the head class's
-# own default). train.py writes the default now into a new run's
-# config.json, and a config.json without the option is read with the
-# former default (`cfal.training.config.TrainConfig.from_json`), so a run
-# resumed or evaluated after a change keeps the value it was trained with.
+# Defaults changed after cfal had recorded runs: head -> option -> (what a
+# config.json without the option ran with, the default now). The first is
+# the default from before cfal recorded the option and never changes; the
+# second must equal the head class's own default, and is what a later
+# change of the default edits. Every new run's config (`ModelConfig`)
+# records the default now, and a config.json without the option is read
+# with the first value (`cfal.training.config.TrainConfig.from_json`), so a
+# run resumed or evaluated after a change keeps the value it was trained
+# with. Only these options are recorded when not given: a default changed
+# without an entry here would silently change resumed runs.
 CHANGED_DEFAULTS: dict[str, dict[str, tuple[Any, Any]]] = {
     # RESULTS.md, experiment 5: sigma 30 moves CFAL's prototypes to their
     # classes (130 is the CFAL authors' value; Affinity keeps it).

@@ -24,10 +24,12 @@ class ModelConfig:
     embedding_dim: embedding size D.
     head: a name in `cfal.heads.HEADS`.
     head_args: head options given explicitly (scale, margin, gamma,
-      class_weighting, ...; see `cfal.heads.registry`), and the defaults
-      that have changed since cfal first recorded runs
-      (`cfal.heads.registry.CHANGED_DEFAULTS`); the head's own defaults
-      fill the rest. Class counts come from the data.
+      class_weighting, ...; see `cfal.heads.registry`), plus, filled in on
+      construction, the head's defaults that have changed since cfal first
+      recorded runs (`cfal.heads.registry.CHANGED_DEFAULTS`, e.g. CFAL's
+      sigma); the head's own defaults fill the rest. Changing `head` with
+      `dataclasses.replace` keeps the filled-in options: build a new
+      ModelConfig instead. Class counts come from the data.
     backbone_args: backbone options given explicitly (see
       `cfal.backbones.registry`).
     pretrained: where a new run's backbone weights come from: "imagenet"

@@ -19,6 +19,7 @@ import re
 import socket
 
 from cfal.errors import UsageError
+from cfal.heads.registry import former_defaults, recorded_defaults
 from cfal.training.config import TrainConfig
 
 LOCK_NAME = ".lock"
@@ -163,8 +164,15 @@ def check_run_dir(logdir: pathlib.Path, config: TrainConfig) -> TrainConfig:
   if refused and not config.run.allow_config_change:
     listed = ", ".join(f"{key} {_show(a)} -> {_show(b)}"
                        for key, (a, b) in refused.items())
-    raise UsageError(f"{logdir} was trained with other settings ({listed}): "
-                     f"resume with the run's own flags, pass "
+    # A run from before a default changed, resumed with no flag for it.
+    former = former_defaults(config.model.head)
+    moved = [f"--{k}={former[k]:g}" for k in former
+             if refused.get(f"head_args.{k}") == (former[k], recorded_defaults(
+                 config.model.head)[k])]
+    hint = (f"; cfal's default changed since it started: pass "
+            f"{' '.join(moved)} to resume it as it was" if moved else "")
+    raise UsageError(f"{logdir} was trained with other settings ({listed}"
+                     f"{hint}): resume with the run's own flags, pass "
                      f"--allow_config_change to resume with these and record "
                      f"the change, or use a new --logdir.")
   changes = tuple(old.changes)

@@ -152,6 +152,9 @@ def test_a_run_recorded_before_a_default_changed_keeps_its_value(tmp_path):
   with pytest.raises(UsageError) as error:
     check_run_dir(tmp_path, config)
   assert "head_args.sigma 130.0 -> 30.0" in str(error.value)
+  assert ("(head_args.sigma 130.0 -> 30.0; cfal's default changed since it "
+          "started: pass --sigma=130 to resume it as it was)") in str(
+              error.value)
   assert "\n" not in str(error.value)
   as_trained = _with(config, head_args={"sigma": 130.0})
   assert check_run_dir(tmp_path, as_trained).changes == ()
