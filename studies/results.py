@@ -81,11 +81,15 @@ def main(argv=None) -> int:
   output = pathlib.Path(args.output).resolve()
   # Pictures go beside the page, as its links say (docs/<name>.png).
   tables.DOCS = output.parent / "docs"
-  sections, conclusions, total = [], [], 0.0
+  sections, conclusions, unfinished, total = [], [], [], 0.0
   for name in experiments.names():
     module = experiments.module(name)
     experiment = module.EXPERIMENT
     runs = tables.load(experiment, results=results)
+    if any(set(experiment.seeds_of(run)) - set(runs[run.name].seeds
+                                               if run.name in runs else ())
+           for run in experiment.runs):
+      unfinished.append(name)
     seconds = tables.total_seconds(name, results)
     total += seconds
     heading = f"## {experiment.title}\n\n"
@@ -106,8 +110,10 @@ def main(argv=None) -> int:
                "on the tail classes here, by how much, and with what spread "
                "across seeds?\n\n" + "\n".join(conclusions) + "\n"
                + CAVEATS + "\n")
-  text = (INTRO + f"\nThe study so far took {total / 3600:.1f} hours of "
-          f"wall time on 2 CPU cores (written "
+  done = (f"The study so far (not finished: {', '.join(unfinished)}) took"
+          if unfinished else "The whole study took")
+  text = (INTRO + f"\n{done} {total / 3600:.1f} hours of wall time on 2 CPU "
+          f"cores, training and evaluation (written "
           f"{datetime.date.today():%Y-%m-%d}).\n\n" + summary
           + "\n".join(sections))
   output.parent.mkdir(parents=True, exist_ok=True)

@@ -134,6 +134,8 @@ def test_results_page_of_an_empty_results_folder(tmp_path, monkeypatch):
   for name in experiments.names():
     assert f"Not run yet: `.venv/bin/python studies/run.py {name}`." in text
   assert "## Conclusion" not in text
+  assert (f"The study so far (not finished: {', '.join(experiments.names())})"
+          f" took 0.0 hours") in text
   assert tables.DOCS == page.parent / "docs"
 
 
