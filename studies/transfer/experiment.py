@@ -91,3 +91,15 @@ def section(runs, experiment) -> str:
   if gains:
     text += ["", "Paired by seed:", "", *gains]
   return "\n".join(text)
+
+
+def conclusion(runs, experiment) -> list[str]:
+  """RESULTS.md's conclusion lines: CFAL against the best other head when
+  all start from the pre-trained backbone (the pathology workflow)."""
+  # pylint: disable=import-outside-toplevel,unused-argument
+  from studies import tables
+  cells = tables.long_tail_cells(
+      runs, [(label, f"pretrained_{head}", "test")
+             for head, label in LABELS.items()])
+  return tables.verdicts(cells, "Fine-tuned from the pre-trained backbone "
+                         "(experiment 4, recipes' hyper-parameters)")

@@ -176,3 +176,28 @@ def test_cfal_defaults_are_the_diagnosis_chosen_row():
   chosen.pop("head")
   parameters = inspect.signature(heads.CFAL).parameters
   assert {k: parameters[k].default for k in chosen} == chosen
+
+
+def test_transfer_conclusion_compares_the_fine_tuned_heads(tmp_path):
+  module = experiments.module("transfer")
+  experiment = module.EXPERIMENT
+  rng = np.random.default_rng(3)
+  few = {"pretrained_cfal": [0.90, 0.91, 0.92],
+         "pretrained_logit_adjusted": [0.95, 0.96, 0.95],
+         "scratch_logit_adjusted": [0.99, 0.99, 0.99]}   # not compared
+  results = tmp_path / "results"
+  for name, values in few.items():
+    for seed, value in zip(SEEDS, values):
+      _keep(results / "transfer" / name / f"seed-{seed}", name,
+            {"train_seconds": 60.0, "eval_seconds": {"test": 5.0}},
+            test=_report(rng, value))
+  runs = tables.load(experiment, results=results)
+  lines = module.conclusion(runs, experiment)
+  assert len(lines) == 2
+  assert lines[0].startswith("- Fine-tuned from the pre-trained backbone "
+                             "(experiment 4, recipes' hyper-parameters), "
+                             "few-shot recall: **no, it is lower**.")
+  assert "for logit-adjusted loss, the best of 1 baselines" in lines[0]
+  diffs = np.subtract(few["pretrained_cfal"],
+                      few["pretrained_logit_adjusted"])
+  assert f"difference {diffs.mean():+.3f}, 95% interval [" in lines[0]
