@@ -95,7 +95,9 @@ def main(argv=None) -> int:
     heading = f"## {experiment.title}\n\n"
     if not runs:
       sections.append(heading + f"Not run yet: `.venv/bin/python "
-                      f"studies/run.py {name}`.\n")
+                      f"studies/run.py {name}`."
+                      + (f" {module.NOT_RUN}" if hasattr(module, "NOT_RUN")
+                         else "") + "\n")
       continue
     body = module.section(runs, experiment)
     if hasattr(module, "conclusion"):

@@ -254,6 +254,17 @@ ROWS = (("softmax", "softmax", "test"),
         ("CFAL", "cfal", "test"))
 
 
+# RESULTS.md's words while no run is kept.
+NOT_RUN = (
+    "It needs the NCT-CRC-HE-100K and CRC-VAL-HE-7K tile folders, which "
+    "the machine this study ran on does not have and cannot download "
+    "(and 27 ResNet50 runs at 224 px are far beyond its 2 CPU cores); "
+    "README.md's [long-tail study on these tiles]"
+    "(README.md#the-long-tail-study-on-these-tiles) says where to put them. "
+    "The same command runs end to end on a generated folder of slide tiles "
+    "in `tests/studies/test_histology.py`.")
+
+
 def section(runs, experiment) -> str:  # pylint: disable=redefined-outer-name
   """RESULTS.md's text for this experiment (see studies/results.py)."""
   # pylint: disable=import-outside-toplevel
