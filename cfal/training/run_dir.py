@@ -19,7 +19,7 @@ import re
 import socket
 
 from cfal.errors import UsageError
-from cfal.heads.registry import former_defaults, recorded_defaults
+from cfal.heads.registry import CHANGED_DEFAULTS
 from cfal.training.config import TrainConfig
 
 LOCK_NAME = ".lock"
@@ -165,10 +165,9 @@ def check_run_dir(logdir: pathlib.Path, config: TrainConfig) -> TrainConfig:
     listed = ", ".join(f"{key} {_show(a)} -> {_show(b)}"
                        for key, (a, b) in refused.items())
     # A run from before a default changed, resumed with no flag for it.
-    former = former_defaults(config.model.head)
-    moved = [f"--{k}={former[k]:g}" for k in former
-             if refused.get(f"head_args.{k}") == (former[k], recorded_defaults(
-                 config.model.head)[k])]
+    moved = [f"--{k}={was:g}" for k, (was, now)
+             in CHANGED_DEFAULTS.get(config.model.head, {}).items()
+             if refused.get(f"head_args.{k}") == (was, now)]
     hint = (f"; cfal's default changed since it started: pass "
             f"{' '.join(moved)} to resume it as it was" if moved else "")
     raise UsageError(f"{logdir} was trained with other settings ({listed}"
